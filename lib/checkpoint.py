@@ -1,0 +1,131 @@
+"""Checkpoints with orbax ``CheckpointManager``: state, data-iterator position, metadata.
+
+Each checkpoint holds three items: ``state`` (the TrainState as nested dicts: params,
+BatchNorm statistics, optimiser state, step, rng), ``data`` (the grain iterator's state,
+JSON) and ``meta`` (the model config and the validation metrics, JSON). The manager keeps
+the latest ``keep`` checkpoints for resuming and the best one by a validation metric.
+
+Saves are atomic (orbax writes to a temporary folder and renames it), so a run killed
+while saving leaves the previous checkpoint as the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+# Model-config fields that change the parameter tree; the others (cam_layer,
+# activation, dtype) give other functions of the same parameters.
+ARCHITECTURE_FIELDS = ("name", "num_classes", "in_channels", "seg_head", "width",
+                       "decoder_channels")
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint written by another architecture than the one the config asks for."""
+
+
+def architecture(model_config) -> dict:
+  return {k: model_config.get(k) for k in ARCHITECTURE_FIELDS}
+
+
+def _describe(arch: dict) -> str:
+  return ", ".join(f"{k}={v}" for k, v in arch.items())
+
+
+class Checkpointer:
+  """Saves and restores runs in ``<workdir>/checkpoints``."""
+
+  def __init__(self, directory: str, *, keep: int = 2, best_metric: Optional[str] = None,
+               best_mode: str = "max", async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.best_metric = best_metric
+    self.best_mode = best_mode
+    keepers = [policies.LatestN(n=keep)]
+    if best_metric:
+      keepers.append(policies.BestN(get_metric_fn=lambda m: m[best_metric],
+                                    reverse=best_mode == "min", n=1))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(keepers),
+        enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "meta"))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state_dict: Any, data_state: dict, meta: dict,
+           metrics: Optional[dict] = None) -> None:
+    metrics = {k: float(v) for k, v in (metrics or {}).items()
+               if isinstance(v, (int, float))} or None
+    if self.best_metric and metrics is not None and self.best_metric not in metrics:
+      raise KeyError(f"best_metric {self.best_metric!r} not among {sorted(metrics)}")
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state_dict),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave({**meta, "metrics": metrics})), metrics=metrics)
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def read_meta(self, step: int) -> dict:
+    path = os.path.join(self.directory, str(step), "meta", "metadata")
+    with open(path) as f:
+      return json.load(f)
+
+  def best_step(self) -> Optional[int]:
+    """The retained step with the best validation metric (the latest if none has one)."""
+    scored = []
+    for step in self.all_steps():
+      m = (self.read_meta(step).get("metrics") or {}).get(self.best_metric)
+      if m is not None and m == m:  # not NaN
+        scored.append((m if self.best_mode == "max" else -m, step))
+    return max(scored)[1] if scored else self.latest_step()
+
+  def restore(self, step: int, abstract_state_dict: Any, model_config=None):
+    """Restores ``(state_dict, data_state, meta)`` into the abstract tree's structure.
+
+    With ``model_config`` the saved architecture is compared first, so a checkpoint of
+    another network stops with a message naming both instead of a shape error.
+    """
+    meta = self.read_meta(step)
+    where = os.path.join(self.directory, str(step))
+    if model_config is not None and "architecture" in meta:
+      want = architecture(model_config)
+      if meta["architecture"] != want:
+        raise CheckpointMismatchError(
+            f"Checkpoint {where} was written by another architecture:\n"
+            f"  checkpoint: {_describe(meta['architecture'])}\n"
+            f"  config:     {_describe(want)}\n"
+            "Use another --workdir, or a config that matches the checkpoint.")
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state_dict), data=ocp.args.JsonRestore(),
+          meta=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointMismatchError(
+          f"Checkpoint {where} does not fit the model of this config "
+          f"({_describe(architecture(model_config)) if model_config else 'unknown'}): {e}") from e
+    return restored["state"], restored["data"], restored["meta"]
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract(tree, sharding=None):
+  """ShapeDtypeStructs of a tree of arrays (or of ShapeDtypeStructs), for restoring into.
+
+  ``sharding`` (default: the first device) is where the restored arrays are placed.
+  """
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

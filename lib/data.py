@@ -1,0 +1,274 @@
+"""Input pipeline: TFDS builders (array_record) -> resized arrays -> grain iterators.
+
+No TensorFlow is needed: builders write array_record files, ``as_data_source`` reads
+them, images are decoded with PIL. A split is small enough here (hundreds of images)
+to be decoded and resized once into memory; the training stream is a grain
+``MapDataset`` (shuffle per epoch with a seed, host-side augmentation with a per-example
+rng, batching), so the whole stream is a deterministic function of the seed and the
+iterator state is one integer that is saved with every checkpoint.
+
+Every batch is a dict of numpy arrays: ``image`` float32 (B, H, W, C) in [0, 1],
+``mask`` float32 (B, H, W) in {0, 1}, ``label`` int32 (B,), ``has_mask`` float32 (B,)
+and, for evaluation, ``weight`` float32 (B,) (0 for padding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from concurrent import futures
+from typing import Any, Iterator, Optional
+
+import grain
+import numpy as np
+from PIL import Image
+
+from lib.datasets import brain_mri, busi, manual, synthetic_lesions
+from lib.datasets.manual import DataError
+
+SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  builder: Any
+  class_names: dict            # label_set -> class names in model output order
+  default_manual_dir: Optional[str]
+  has_masks: bool
+
+
+DATASETS = {
+    "synthetic_lesions": DatasetSpec(synthetic_lesions.SyntheticLesions,
+                                     {"binary": ("benign", "malignant")}, None, True),
+    "busi": DatasetSpec(busi.Busi, {"binary": ("benign", "malignant"),
+                                    "three_class": ("benign", "malignant", "normal")},
+                        os.path.join(SHARED_DATA, "busi"), True),
+    "brain_mri": DatasetSpec(brain_mri.BrainMri, {"binary": ("no_tumor", "tumor")},
+                             os.path.join(SHARED_DATA, "brain_mri"), False),
+}
+
+
+def class_names(data_config) -> tuple:
+  spec = DATASETS[data_config.name]
+  if data_config.label_set not in spec.class_names:
+    raise ValueError(f"Data set {data_config.name!r} has label sets "
+                     f"{sorted(spec.class_names)}, not {data_config.label_set!r}.")
+  return spec.class_names[data_config.label_set]
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def get_builder(data_config):
+  """Returns the prepared TFDS builder; builds it first if needed.
+
+  Builders over a manual_dir are rebuilt when the folder's fingerprint (file names and
+  sizes) differs from the one they were built from, so pointing at another copy of
+  BUSI never silently reuses the old one.
+  """
+  name = data_config.name
+  if name not in DATASETS:
+    raise ValueError(f"Unknown data set {name!r}; choose from {sorted(DATASETS)}.")
+  spec = DATASETS[name]
+  data_dir = data_config.get("data_dir") or default_data_dir()
+  if name == "synthetic_lesions":
+    cfg = synthetic_lesions.make_config(
+        data_config.synthetic_size, data_config.num_train, data_config.num_val,
+        data_config.num_test, data_config.synthetic_seed)
+    builder = spec.builder(config=cfg, data_dir=data_dir, file_format="array_record")
+    if not _is_prepared(builder):
+      builder.download_and_prepare()
+    return builder
+
+  import tensorflow_datasets as tfds
+  manual_dir = os.path.abspath(os.path.expanduser(data_config.get("manual_dir") or
+                                                  spec.default_manual_dir))
+  # Validates the layout (and names the folder) before anything is written.
+  spec.builder.list_examples(manual_dir)
+  builder = spec.builder(data_dir=data_dir, file_format="array_record")
+  stamp = os.path.join(builder.data_dir, "source.json")
+  source = {"manual_dir": manual_dir, "fingerprint": manual.fingerprint(manual_dir)}
+  if _is_prepared(builder):
+    try:
+      with open(stamp) as f:
+        if json.load(f)["fingerprint"] == source["fingerprint"]:
+          return builder
+    except (OSError, ValueError, KeyError):
+      pass
+    logging.warning("Rebuilding %s: %s differs from the copy it was built from.", name, manual_dir)
+    shutil.rmtree(builder.data_dir)
+    builder = spec.builder(data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  with open(stamp, "w") as f:
+    json.dump(source, f)
+  return builder
+
+
+def _is_prepared(builder) -> bool:
+  return os.path.exists(os.path.join(builder.data_dir, "dataset_info.json"))
+
+
+# ----------------------------------------------------------------------------- resizing
+
+
+def resize_example(image: np.ndarray, mask: np.ndarray, size: int, mode: str = "pad"):
+  """uint8 (H, W, 1) image and mask -> (size, size); bilinear for images, nearest for masks.
+
+  ``mode="pad"`` keeps the aspect ratio and pads with black (centred); ``"stretch"``
+  resizes to a square.
+  """
+  h, w = image.shape[:2]
+  if mode == "pad":
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    image = np.pad(image, ((top, side - h - top), (left, side - w - left), (0, 0)))
+    mask = np.pad(mask, ((top, side - h - top), (left, side - w - left), (0, 0)))
+  elif mode != "stretch":
+    raise ValueError(f"resize mode must be 'pad' or 'stretch', got {mode!r}")
+  im = Image.fromarray(image[..., 0]).resize((size, size), Image.BILINEAR)
+  ma = Image.fromarray(mask[..., 0]).resize((size, size), Image.NEAREST)
+  return np.asarray(im, np.uint8), (np.asarray(ma) > 127).astype(np.uint8)
+
+
+def load_split(data_config, split: str, image_size: int) -> dict:
+  """Decodes and resizes one split into memory.
+
+  Returns numpy arrays ``image`` uint8 (N, S, S), ``mask`` uint8 (N, S, S), ``label``
+  int32 (N,) in the label set's order, and lists ``id`` and ``group``.
+  """
+  builder = get_builder(data_config)
+  if split not in builder.info.splits:
+    raise DataError(f"Split {split!r} not in {data_config.name} (has "
+                    f"{sorted(builder.info.splits)}).")
+  source = builder.as_data_source(split)
+  stored = builder.info.features["label"].names
+  names = class_names(data_config)
+  remap = {stored.index(n): i for i, n in enumerate(names)}
+  mode = data_config.get("resize", "pad")
+
+  def read(i):
+    ex = source[i]
+    label = int(ex["label"])
+    if label not in remap:
+      return None
+    image, mask = resize_example(ex["image"], ex["mask"], image_size, mode)
+    return image, mask, remap[label], _text(ex["id"]), _text(ex["group"])
+
+  with futures.ThreadPoolExecutor(max(os.cpu_count() or 1, 2)) as pool:
+    rows = [r for r in pool.map(read, range(len(source))) if r is not None]
+  rows.sort(key=lambda r: r[3])  # stored order is a hash; sort by id for stable evaluation
+  if not rows:
+    raise DataError(f"{data_config.name}/{split} has no images of classes {names}.")
+  image, mask, label, ids, groups = zip(*rows)
+  return dict(image=np.stack(image), mask=np.stack(mask),
+              label=np.asarray(label, np.int32), id=list(ids), group=list(groups))
+
+
+def _text(x) -> str:
+  return x.decode() if isinstance(x, bytes) else str(x)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def to_model_input(image_u8: np.ndarray, in_channels: int) -> np.ndarray:
+  """uint8 (..., H, W) -> float32 (..., H, W, C) in [0, 1]."""
+  x = image_u8.astype(np.float32)[..., None] / 255.0
+  return np.repeat(x, in_channels, axis=-1) if in_channels > 1 else x
+
+
+def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, aug) -> tuple:
+  """Host-side augmentation of one uint8 (S, S) image and mask.
+
+  Horizontal flip, random crop of a fraction ``aug.crop_scale``..1 of the side resized
+  back (a small zoom and translation), brightness and contrast jitter. Vertical flips are
+  off by default: in ultrasound the vertical axis is depth and shadowing points down.
+  """
+  size = image.shape[0]
+  if aug.hflip and rng.uniform() < 0.5:
+    image, mask = image[:, ::-1], mask[:, ::-1]
+  if aug.vflip and rng.uniform() < 0.5:
+    image, mask = image[::-1], mask[::-1]
+  if aug.crop_scale < 1.0:
+    side = int(round(size * rng.uniform(aug.crop_scale, 1.0)))
+    top, left = rng.integers(0, size - side + 1, size=2)
+    box = (int(left), int(top), int(left) + side, int(top) + side)
+    image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+        (size, size), Image.BILINEAR, box=box))
+    mask = np.asarray(Image.fromarray(np.ascontiguousarray(mask)).resize(
+        (size, size), Image.NEAREST, box=box))
+  x = image.astype(np.float32) / 255.0
+  if aug.brightness or aug.contrast:
+    c = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
+    b = rng.uniform(-aug.brightness, aug.brightness)
+    x = np.clip((x - x.mean()) * c + x.mean() + b, 0.0, 1.0)
+  return x, np.ascontiguousarray(mask)
+
+
+# ----------------------------------------------------------------------------- iterators
+
+
+def train_iterator(arrays: dict, config, *, process_index: int = 0, process_count: int = 1):
+  """Infinite deterministic grain iterator of training batches for this process.
+
+  The per-process batch is ``config.batch_size // process_count``; process p reads
+  elements p, p + P, ... of the shuffled stream, so the union over processes of one
+  step is one global batch. ``iterator.get_state()`` / ``set_state`` save and restore
+  the position (see lib/checkpoint.py).
+  """
+  if config.batch_size % process_count:
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by {process_count} processes.")
+  local = config.batch_size // process_count
+  n = len(arrays["label"])
+  if config.batch_size > n:
+    raise ValueError(f"batch_size {config.batch_size} exceeds the {n} training images.")
+  has_mask = float(DATASETS[config.data.name].has_masks)
+  in_channels = config.model.in_channels
+  aug = config.data.augment
+
+  def element(i):
+    return arrays["image"][i], arrays["mask"][i], arrays["label"][i]
+
+  def augmented(ex, rng):
+    image, mask, label = ex
+    x, m = augment(image, mask, rng, aug)
+    return x, m, label
+
+  def collate(examples):
+    x, m, y = zip(*examples)
+    x = np.stack(x)[..., None]
+    return {"image": np.repeat(x, in_channels, -1) if in_channels > 1 else x,
+            "mask": np.stack(m).astype(np.float32), "label": np.asarray(y, np.int32),
+            "has_mask": np.full((len(y),), has_mask, np.float32)}
+
+  ds = grain.MapDataset.range(n).shuffle(seed=config.seed).repeat(None)
+  ds = ds[process_index::process_count].map(element)
+  ds = ds.random_map(augmented, seed=config.seed + 1)
+  ds = ds.batch(local, drop_remainder=True, batch_fn=collate)
+  read = grain.ReadOptions(num_threads=config.data.get("num_threads", 2), prefetch_buffer_size=4)
+  return iter(ds.to_iter_dataset(read_options=read))
+
+
+def eval_batches(arrays: dict, batch_size: int, in_channels: int, has_mask: bool,
+                 *, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Fixed-order batches of a whole split; the last is padded (``weight`` 0).
+
+  With several processes each yields its contiguous slice of every global batch.
+  """
+  n = len(arrays["label"])
+  local = batch_size // process_count
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    idx = idx[process_index * local:(process_index + 1) * local]
+    weight = (idx < n).astype(np.float32)
+    idx = np.minimum(idx, n - 1)
+    yield {"image": to_model_input(arrays["image"][idx], in_channels),
+           "mask": arrays["mask"][idx].astype(np.float32),
+           "label": arrays["label"][idx],
+           "has_mask": np.full((len(idx),), float(has_mask), np.float32),
+           "weight": weight}

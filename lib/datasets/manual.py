@@ -1,0 +1,129 @@
+"""Shared pieces of the builders that read a user's local copy (TFDS ``manual_dir``)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+
+class DataError(ValueError):
+  """A data folder or file that cannot be used; the message says which and why."""
+
+
+def read_manifest(path: str, required: Sequence[str]) -> list[dict]:
+  """Reads ``manifest.csv`` and checks its columns."""
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    missing = [c for c in required if c not in (reader.fieldnames or [])]
+    if missing:
+      raise DataError(f"{path}: missing column(s) {missing}; expected at least {list(required)}.")
+    return list(reader)
+
+
+def load_gray(path: str) -> np.ndarray:
+  """Decodes an image file to uint8 (H, W, 1), naming the file if it is corrupt."""
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(path) as im:
+      im.load()
+      return np.asarray(im.convert("L"), dtype=np.uint8)[..., None]
+  except FileNotFoundError:
+    raise DataError(f"Image file not found: {path}") from None
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise DataError(f"Corrupt or unreadable image file {path}: {e}") from None
+
+
+def load_mask(paths: Iterable[str], shape) -> np.ndarray:
+  """Merges one or more mask files with a per-pixel OR -> uint8 {0, 255} (H, W, 1)."""
+  out = np.zeros(shape[:2], bool)
+  for p in paths:
+    m = load_gray(p)[..., 0]
+    if m.shape != out.shape:
+      raise DataError(f"Mask {p} has shape {m.shape}, its image has {out.shape}.")
+    out |= m > 0
+  return (out.astype(np.uint8) * 255)[..., None]
+
+
+def to_pil(array: np.ndarray):
+  """uint8 (H, W, 1) -> PIL image: TFDS encodes PIL images without TensorFlow."""
+  from PIL import Image
+  return Image.fromarray(array[..., 0])
+
+
+def hash_split(ids_by_label: dict[str, list[str]], test=0.2, val=0.1) -> dict[str, str]:
+  """Deterministic stratified split by sha256("split:" + id), for folders without one."""
+  out = {}
+  for ids in ids_by_label.values():
+    ordered = sorted(ids, key=lambda i: hashlib.sha256(f"split:{i}".encode()).hexdigest())
+    n_test, n_val = round(test * len(ordered)), round(val * len(ordered))
+    for k, i in enumerate(ordered):
+      out[i] = "test" if k < n_test else "val" if k < n_test + n_val else "train"
+  return out
+
+
+def fingerprint(manual_dir: str) -> str:
+  """A cheap fingerprint of a manual_dir: names and sizes of all files below it."""
+  h = hashlib.sha256()
+  for root, dirs, files in os.walk(manual_dir):
+    dirs.sort()
+    for name in sorted(files):
+      p = os.path.join(root, name)
+      h.update(f"{os.path.relpath(p, manual_dir)}:{os.path.getsize(p)}\n".encode())
+  return h.hexdigest()[:16]
+
+
+def missing_dir_error(name: str, manual_dir: str, layout: str) -> DataError:
+  return DataError(
+      f"The {name} data folder {manual_dir!r} does not exist or is not a folder. Point "
+      f"--config.data.manual_dir at your copy. Expected layout:\n{layout}")
+
+
+class ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the builders over a manual_dir: image, mask, label, id, group per example.
+
+  Subclasses set ``LABELS``, ``LAYOUT`` and ``list_examples(manual_dir)``, which returns
+  rows ``id, label, image (path), masks (list of paths), split, group``. Splits come
+  from the rows; images are stored as 8-bit grayscale at their original size.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  LABELS: tuple = ()
+  HOMEPAGE = ""
+
+  @staticmethod
+  def list_examples(manual_dir: str) -> list[dict]:
+    raise NotImplementedError
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.__doc__,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 1)),
+            "mask": tfds.features.Image(shape=(None, None, 1)),
+            "label": tfds.features.ClassLabel(names=list(self.LABELS)),
+            "id": tfds.features.Text(),
+            "group": tfds.features.Text(),
+        }),
+        supervised_keys=("image", "label"),
+        homepage=self.HOMEPAGE or None,
+    )
+
+  def _split_generators(self, dl_manager):
+    rows = self.list_examples(os.fspath(dl_manager.manual_dir))
+    splits = sorted({r["split"] for r in rows})
+    return {s: self._generate_examples([r for r in rows if r["split"] == s]) for s in splits}
+
+  def _generate_examples(self, rows):
+    for r in rows:
+      image = load_gray(r["image"])
+      yield r["id"], {
+          "image": to_pil(image),
+          "mask": to_pil(load_mask(r.get("masks", []), image.shape)),
+          "label": r["label"], "id": r["id"], "group": r["group"],
+      }

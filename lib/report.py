@@ -1,0 +1,117 @@
+"""What a run leaves for a reader: metric logs, figures and markdown/CSV tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+  """Appends metrics to ``metrics.jsonl`` and TensorBoard event files (process 0 only).
+
+  TensorBoard events are written by tensorboardX, which needs no TensorFlow.
+  """
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if self.active:
+      os.makedirs(workdir, exist_ok=True)
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # optional
+        self._tb = None
+
+  def write(self, step: int, metrics: dict, prefix: str = "") -> None:
+    if not self.active:
+      return
+    scalars = {f"{prefix}{k}": float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float, np.floating, np.integer))}
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    if self._tb is not None:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def write_table(rows: Sequence[dict], path_stem: str, columns: Optional[Sequence[str]] = None,
+                floatfmt: str = "{:.3f}") -> str:
+  """Writes rows as ``<stem>.csv`` and ``<stem>.md``; returns the markdown."""
+  if not rows:
+    return ""
+  columns = list(columns or rows[0].keys())
+  with open(path_stem + ".csv", "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+  fmt = lambda v: floatfmt.format(v) if isinstance(v, float) else str(v)
+  md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  md += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+  text = "\n".join(md) + "\n"
+  with open(path_stem + ".md", "w") as f:
+    f.write(text)
+  return text
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_training_curves(log: list[dict], path: str) -> None:
+  """Training loss per step and validation metrics per epoch."""
+  plt = _plt()
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  train = [r for r in log if "train_loss" in r]
+  axes[0].plot([r["step"] for r in train], [r["train_loss"] for r in train])
+  axes[0].set(xlabel="step", ylabel="training loss", yscale="log")
+  val = [r for r in log if "val_auc" in r]
+  for key in ("val_auc", "val_balanced_accuracy", "val_sensitivity", "val_specificity", "val_dice"):
+    if val and key in val[0]:
+      axes[1].plot([r["step"] for r in val], [r[key] for r in val], marker="o", ms=3,
+                   label=key[4:])
+  axes[1].set(xlabel="step", ylabel="validation", ylim=(0, 1.02))
+  axes[1].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_predictions(images, masks, labels, probs, mask_probs, class_names, path: str,
+                     n: int = 8) -> None:
+  """Test images with the true lesion contour (green), predicted mask (red) and P(class)."""
+  plt = _plt()
+  n = min(n, len(images))
+  fig, axes = plt.subplots(1, n, figsize=(2.1 * n, 2.5))
+  for i, ax in enumerate(np.atleast_1d(axes)):
+    ax.imshow(images[i][..., 0], cmap="gray", vmin=0, vmax=1)
+    if masks is not None and masks[i].any():
+      ax.contour(masks[i], [0.5], colors="lime", linewidths=0.8)
+    if mask_probs is not None:
+      ax.contour(mask_probs[i], [0.5], colors="red", linewidths=0.8)
+    pred = int(np.argmax(probs[i]))
+    ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[pred]} {probs[i][pred]:.2f}",
+                 fontsize=7, color="black" if pred == labels[i] else "red")
+    ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

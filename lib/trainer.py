@@ -1,0 +1,201 @@
+"""The training loop of ``train.py``: data, sharded steps, evaluation, checkpoints.
+
+``train_and_evaluate(config, workdir)`` resumes automatically from the latest checkpoint
+in ``workdir`` (state, data-iterator position and rng), evaluates on the validation
+split every ``eval_every_epochs``, keeps the best checkpoint by ``best_metric`` and
+finally evaluates the best checkpoint on the test split, writing
+``metrics.jsonl``, TensorBoard events, ``test_metrics.json``, ``report.md`` and figures.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lib import checkpoint, data, experiment, metrics, report, train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or the gradient became NaN or infinite; the run stopped."""
+
+
+def evaluate(eval_fn, variables, arrays: dict, config, *, return_predictions: bool = False):
+  """Metrics of a model on one split (and, optionally, its predictions)."""
+  spec = data.DATASETS[config.data.name]
+  probs, mask_probs = [], []
+  for batch in data.eval_batches(arrays, config.eval_batch_size, config.model.in_channels,
+                                 spec.has_masks, process_index=jax.process_index(),
+                                 process_count=jax.process_count()):
+    weight = batch.pop("weight")
+    p, mp = eval_fn(variables, {"image": batch["image"]})
+    keep = np.asarray(weight) > 0
+    keep = np.concatenate([keep] * jax.process_count()) if jax.process_count() > 1 else keep
+    probs.append(np.asarray(p)[keep])
+    if mp is not None:
+      mask_probs.append(np.asarray(mp)[keep])
+  probs = np.concatenate(probs)
+  out = metrics.classification_metrics(probs, arrays["label"])
+  mask_probs = np.concatenate(mask_probs) if mask_probs else None
+  if mask_probs is not None and spec.has_masks:
+    out.update(metrics.segmentation_metrics(mask_probs, arrays["mask"],
+                                            np.ones(len(probs), np.float32)))
+  if return_predictions:
+    return out, probs, mask_probs
+  return out
+
+
+def _check_finite(pending: list, start_step: int, last_ckpt: Optional[int], workdir: str):
+  """Raises NonFiniteLossError naming the first bad step among ``pending`` metrics."""
+  fetched = jax.device_get(pending)
+  for i, m in enumerate(fetched):
+    if not bool(m["finite"]):
+      step = start_step + i + 1
+      raise NonFiniteLossError(
+          f"Non-finite loss or gradient at step {step} (loss={float(m['loss'])}). The run "
+          f"stopped; nothing after step {last_ckpt} was saved, and the last good checkpoint "
+          f"is {os.path.join(workdir, 'checkpoints', str(last_ckpt)) if last_ckpt else 'none'}. "
+          "Lower the learning rate, enable grad_clip, or check the input data.")
+  return fetched
+
+
+def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] = None) -> dict:
+  """Trains, evaluates and reports; returns the test metrics of the best checkpoint.
+
+  ``stop_after_step`` ends the run early after that step (as if the process had been
+  killed there), for the resumption tests.
+  """
+  workdir = os.path.abspath(workdir)
+  experiment.save_config(config, workdir)
+  class_names = data.class_names(config.data)
+  par = experiment.build_parallel(config)
+  logging.info("Mesh of %d %s device(s), wrapper %s.", par.num_devices,
+               jax.devices()[0].platform, par.kind)
+
+  t0 = time.time()
+  train = data.load_split(config.data, "train", config.image_size)
+  val = data.load_split(config.data, "val", config.image_size)
+  logging.info("Data %s: %d train, %d val images at %d px (%.1f s).", config.data.name,
+               len(train["label"]), len(val["label"]), config.image_size, time.time() - t0)
+  steps_per_epoch = len(train["label"]) // config.batch_size
+  total_steps = config.num_epochs * steps_per_epoch
+
+  model = experiment.build_model(config, bn_axis_name=train_step.AXIS)
+  eval_model = experiment.build_model(config)
+  state = experiment.init_state(config, model, steps_per_epoch)
+  class_weights = train_step.class_weight_vector(config, train["label"], config.model.num_classes)
+  logging.info("Model %s (seg_head=%s): %.2f M parameters; class weights %s.", config.model.name,
+               config.model.seg_head, sum(x.size for x in jax.tree_util.tree_leaves(state.params)) / 1e6,
+               np.round(np.asarray(class_weights), 3).tolist())
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep,
+                                 best_metric=config.best_metric, best_mode=config.best_mode,
+                                 async_save=config.async_checkpointing)
+  train_iter = data.train_iterator(train, config, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  meta = {"architecture": checkpoint.architecture(config.model), "class_names": list(class_names)}
+  start = ckpt.latest_step()
+  if start is not None:
+    template = checkpoint.abstract(train_step.state_to_dict(state), par.replicated)
+    state_dict, data_state, _ = ckpt.restore(start, template, config.model)
+    state = train_step.state_from_dict(state, state_dict)
+    train_iter.set_state(data_state)
+    logging.info("Resumed from %s at step %d.", ckpt.directory, start)
+  start = start or 0
+
+  state = par.put_state(state)
+  step_fn = par.compile_step(functools.partial(
+      train_step.train_step, model=model, class_weights=class_weights, loss_config=config.loss))
+  eval_fn = par.compile_eval(functools.partial(train_step.eval_step, model=eval_model))
+  writer = report.MetricWriter(workdir)
+
+  pending, pending_start, last_ckpt = [], start, start or None
+  t_log, n_log = time.time(), 0
+  for step in range(start, total_steps):
+    batch = next(train_iter)
+    state, m = step_fn(state, par.put_batch(batch))
+    pending.append(par.get_metrics(m))
+    n_log += 1
+    done = step + 1
+    end_of_epoch = done % steps_per_epoch == 0
+    if done % config.log_every_steps == 0 or end_of_epoch or done == stop_after_step:
+      fetched = _check_finite(pending, pending_start, last_ckpt, workdir)
+      dt = (time.time() - t_log) / n_log
+      last = fetched[-1]
+      writer.write(done, {"loss": float(last["loss"]), "accuracy": float(last["accuracy"]),
+                          "grad_norm": float(last["grad_norm"]), "step_time": dt,
+                          "images_per_s": config.batch_size / dt}, prefix="train_")
+      logging.info("step %d/%d epoch %.2f loss %.4f acc %.3f | %.3f s/step, %.1f img/s, ETA %.1f min",
+                   done, total_steps, done / steps_per_epoch, float(last["loss"]),
+                   float(last["accuracy"]), dt, config.batch_size / dt,
+                   dt * (total_steps - done) / 60)
+      pending, pending_start, t_log, n_log = [], done, time.time(), 0
+    epoch = done // steps_per_epoch
+    if end_of_epoch and (epoch % config.eval_every_epochs == 0 or done == total_steps):
+      host_state = par.get_state(state)
+      val_metrics = evaluate(eval_fn, host_state.variables, val, config)
+      val_metrics = {f"val_{k}": v for k, v in val_metrics.items()}
+      writer.write(done, {**val_metrics, "epoch": epoch})
+      logging.info("epoch %d val: %s", epoch, _fmt(val_metrics))
+      ckpt.save(done, train_step.state_to_dict(host_state), train_iter.get_state(), meta,
+                metrics=val_metrics)
+      last_ckpt = done
+    if stop_after_step is not None and done >= stop_after_step:
+      ckpt.close()
+      writer.close()
+      return {}
+  ckpt.wait()
+  writer.close()
+  return final_test(config, workdir, ckpt, eval_fn, par, state, class_names)
+
+
+def final_test(config, workdir, ckpt, eval_fn, par, state, class_names) -> dict:
+  """Restores the best checkpoint, evaluates it on test, writes report and figures."""
+  best = ckpt.best_step()
+  template = checkpoint.abstract(train_step.state_to_dict(par.get_state(state)), par.replicated)
+  state_dict, _, _ = ckpt.restore(best, template, config.model)
+  ckpt.close()
+  variables = {"params": state_dict["params"], "batch_stats": state_dict["batch_stats"]}
+  test = data.load_split(config.data, "test", config.image_size)
+  test_metrics, probs, mask_probs = evaluate(eval_fn, variables, test, config,
+                                             return_predictions=True)
+  test_metrics = {"best_step": int(best), **test_metrics}
+  if jax.process_index() != 0:
+    return test_metrics
+  logging.info("test (best step %d by %s): %s", best, config.best_metric, _fmt(test_metrics))
+  with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
+    json.dump(test_metrics, f, indent=2)
+  report.MetricWriter(workdir).write(best, {f"test_{k}": v for k, v in test_metrics.items()})
+  log = report.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  report.plot_training_curves(log, os.path.join(workdir, "training_curves.png"))
+  order = np.argsort([f"{l}{i}" for i, l in zip(test["id"], test["label"])])
+  pick = np.concatenate([order[test["label"][order] == c][:4] for c in range(len(class_names))])
+  images = data.to_model_input(test["image"][pick], 1)
+  report.plot_predictions(images, test["mask"][pick] if config.model.seg_head else None,
+                          test["label"][pick], probs[pick],
+                          None if mask_probs is None else mask_probs[pick], class_names,
+                          os.path.join(workdir, "test_predictions.png"))
+  write_report(config, workdir, test_metrics)
+  return test_metrics
+
+
+def write_report(config, workdir, test_metrics) -> None:
+  rows = [{"metric": k, "value": float(v) if isinstance(v, float) else v}
+          for k, v in test_metrics.items()]
+  table = report.write_table(rows, os.path.join(workdir, "test_metrics"))
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(f"# {config.data.name}: {config.model.name}"
+            f"{' + segmentation head' if config.model.seg_head else ''}, {config.image_size} px\n\n"
+            f"Test split, best checkpoint by `{config.best_metric}`:\n\n{table}\n"
+            "![training curves](training_curves.png)\n\n![test predictions](test_predictions.png)\n")
+
+
+def _fmt(m: dict) -> str:
+  return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
