@@ -8,7 +8,7 @@ Starting the same command again resumes from the latest checkpoint in --workdir.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lib import trainer
+from lib import experiment, parallel, trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.",
@@ -19,7 +19,7 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   del argv
-  from lib import parallel
+  experiment.setup_logging()
   parallel.maybe_initialize_distributed(FLAGS.config)
   logging.info("Config:\n%s", FLAGS.config)
   trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -132,7 +132,7 @@ def resize_example(image: np.ndarray, mask: np.ndarray, size: int, mode: str = "
     raise ValueError(f"resize mode must be 'pad' or 'stretch', got {mode!r}")
   im = Image.fromarray(image[..., 0]).resize((size, size), Image.BILINEAR)
   ma = Image.fromarray(mask[..., 0]).resize((size, size), Image.NEAREST)
-  return np.asarray(im, np.uint8), (np.asarray(ma) > 127).astype(np.uint8)
+  return np.asarray(im, np.uint8), (np.asarray(ma) > 0).astype(np.uint8)
 
 
 def load_split(data_config, split: str, image_size: int) -> dict:

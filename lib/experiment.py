@@ -8,6 +8,7 @@ same way for each, and restore the state a run left.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Optional
 
@@ -15,6 +16,24 @@ import jax
 import ml_collections
 
 from lib import checkpoint, data, models, parallel, train_step
+
+
+class _QuietLibraries(logging.Filter):
+  """Drops orbax INFO records (dozens per checkpoint) and TFDS chatter from absl's log."""
+
+  def filter(self, record):
+    if "/orbax/" in record.pathname or "/etils/" in record.pathname:
+      return record.levelno >= logging.WARNING
+    if "/tensorflow_datasets/" in record.pathname:  # "custom data configuration", "no OpenCV"
+      return record.levelno >= logging.ERROR
+    return True
+
+
+def setup_logging() -> None:
+  """Quiet library logs on the absl handler; our INFO lines stay."""
+  from absl import logging as absl_logging
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.ERROR)
 
 
 def num_classes(config) -> int:
@@ -41,11 +60,9 @@ def build_parallel(config) -> parallel.DataParallel:
 
 def init_state(config, model, steps_per_epoch: int) -> train_step.TrainState:
   """A fresh TrainState; its rng drives everything random in the step."""
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  variables = models.init_variables(model, init_rng, config.image_size)
+  variables = models.init_variables(model, config.seed, config.image_size)
   tx = train_step.make_optimizer(config, steps_per_epoch)
-  return train_step.TrainState.create(variables, tx, state_rng)
+  return train_step.TrainState.create(variables, tx, jax.random.PRNGKey(config.seed))
 
 
 def save_config(config, workdir: str) -> None:

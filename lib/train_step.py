@@ -153,7 +153,8 @@ def train_step(state: TrainState, batch, *, model, class_weights, loss_config,
   aux = jax.lax.psum(aux, axis_name)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+  finite = (jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+            & jnp.isfinite(optax.global_norm(updates)))
   keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
   new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
                             batch_stats=keep(batch_stats, state.batch_stats),

@@ -1,0 +1,32 @@
+# Two commands: `make demo` runs the main job on the embedded default, `make test` the tests.
+# Each creates .venv with the pinned dependencies on first use and reuses it afterwards.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+WORKDIR ?= runs/demo
+
+.PHONY: demo test test-slow lock clean-venv
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python train.py --config=configs/default.py --workdir=$(WORKDIR)
+	@echo "Demo outputs in $(WORKDIR): report.md, test_metrics.csv, training_curves.png, test_predictions.png"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow tests
+
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable > requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

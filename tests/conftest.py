@@ -1,0 +1,27 @@
+"""Test setup: 8 fake CPU devices (for the data-parallel tests) and a private TFDS dir."""
+
+import os
+import tempfile
+
+# Must happen before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="tfds_test_"))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+def shared_data(name: str) -> str:
+  """Path of a real data set, or skip the test with the reason."""
+  path = os.path.join(SHARED, name)
+  if not os.path.exists(os.path.join(path, "manifest.csv")):
+    pytest.skip(f"real data set {name!r} not found at {path} (CI has it beside the checkout)")
+  return path
+
+
+@pytest.fixture(scope="session")
+def demo_config():
+  from configs import default
+  return default.get_config("test")

@@ -1,0 +1,203 @@
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import default
+from lib import data
+from lib.datasets import busi, manual, synthetic_lesions
+from tests.conftest import shared_data
+
+
+def _config(**data_fields):
+  c = default.get_config("test")
+  c.data.update(data_fields)
+  return c
+
+
+def test_synthetic_lesions_are_deterministic_and_seeded():
+  a = synthetic_lesions.generate(0, "train", 5, 48)
+  b = synthetic_lesions.generate(0, "train", 5, 48)
+  c = synthetic_lesions.generate(1, "train", 5, 48)
+  np.testing.assert_array_equal(a[0], b[0])
+  assert not np.array_equal(a[0], c[0])
+  assert a[0].shape == (48, 48) and a[0].dtype == np.uint8 and a[1].any()
+
+
+def test_synthetic_classes_follow_the_sonographic_cues():
+  # Malignant lesions are taller than wide more often ("not parallel" orientation).
+  tall, n = {0: 0, 1: 0}, {0: 0, 1: 0}
+  for i in range(200):
+    _, mask, label = synthetic_lesions.generate(0, "train", i, 64)
+    rows, cols = np.nonzero(mask)
+    tall[label] += np.ptp(rows) > np.ptp(cols)
+    n[label] += 1
+  assert tall[1] / n[1] > tall[0] / n[0] + 0.3
+  assert 0.35 < n[1] / 200 < 0.65
+
+
+def test_load_split_shapes_and_labels():
+  c = _config()
+  arrays = data.load_split(c.data, "train", 32)
+  assert arrays["image"].shape == (64, 32, 32) and arrays["image"].dtype == np.uint8
+  assert arrays["mask"].shape == (64, 32, 32) and set(np.unique(arrays["mask"])) <= {0, 1}
+  assert set(arrays["label"]) == {0, 1}
+  assert arrays["id"] == sorted(arrays["id"])
+
+
+def test_resize_pad_keeps_aspect_ratio():
+  image = np.zeros((40, 80, 1), np.uint8)
+  image[:, 20:60] = 255            # a 40x40 white square in the middle of a wide image
+  mask = (image > 0).astype(np.uint8) * 255
+  im, m = data.resize_example(image, mask, 40, "pad")
+  assert im.shape == (40, 40)
+  # The square fills the middle 20 columns of the 10..30 row band.
+  assert m[10:30, 10:30].all() and not m[:9].any() and not m[:, :9].any()
+  im, m = data.resize_example(image, mask, 40, "stretch")
+  assert m[:, 10:30].all() and not m[:, :9].any()
+
+
+def test_train_iterator_is_deterministic_and_resumable():
+  c = _config()
+  arrays = data.load_split(c.data, "train", 32)
+  it = data.train_iterator(arrays, c)
+  first = [next(it) for _ in range(6)]  # 1.5 epochs of 4 batches
+  state = it.get_state()
+  after = [next(it) for _ in range(3)]
+  it2 = data.train_iterator(arrays, c)
+  for a, b in zip(first, [next(it2) for _ in range(6)]):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  it3 = data.train_iterator(arrays, c)
+  it3.set_state(state)
+  for a, b in zip(after, [next(it3) for _ in range(3)]):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  b = first[0]
+  assert b["image"].shape == (16, 32, 32, 1) and b["image"].dtype == np.float32
+  assert 0.0 <= b["image"].min() and b["image"].max() <= 1.0
+  # Each epoch visits every image once, in a new order.
+  epoch1 = np.concatenate([x["label"] for x in first[:4]])
+  assert np.bincount(epoch1).tolist() == np.bincount(arrays["label"]).tolist()
+
+
+def test_processes_read_disjoint_halves_of_each_global_batch():
+  c = _config()
+  c.data.augment.crop_scale = 1.0
+  c.data.augment.hflip = False
+  c.data.augment.brightness = c.data.augment.contrast = 0.0
+  arrays = data.load_split(c.data, "train", 32)
+  whole = next(data.train_iterator(arrays, c))
+  halves = [next(data.train_iterator(arrays, c, process_index=p, process_count=2)) for p in (0, 1)]
+  assert halves[0]["image"].shape[0] == 8
+  got = np.concatenate([h["image"] for h in halves])
+  key = lambda x: sorted(map(bytes, x.reshape(len(x), -1)))
+  assert key(got) == key(whole["image"])
+
+
+def test_eval_batches_pad_the_last_batch():
+  arrays = {"image": np.zeros((5, 8, 8), np.uint8), "mask": np.zeros((5, 8, 8), np.uint8),
+            "label": np.arange(5, dtype=np.int32) % 2}
+  batches = list(data.eval_batches(arrays, 4, 3, True))
+  assert [b["weight"].tolist() for b in batches] == [[1, 1, 1, 1], [1, 0, 0, 0]]
+  assert batches[0]["image"].shape == (4, 8, 8, 3)
+
+
+# ----------------------------------------------------------------------------- manual dirs
+
+
+def _write_png(path, array):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(array).save(path)
+
+
+@pytest.fixture
+def original_busi(tmp_path):
+  """A miniature Dataset_BUSI_with_GT release: two masks for one image."""
+  root = tmp_path / "Dataset_BUSI_with_GT"
+  rng = np.random.default_rng(0)
+  for label, n in (("benign", 12), ("malignant", 10), ("normal", 4)):
+    for i in range(1, n + 1):
+      stem = root / label / f"{label} ({i})"
+      _write_png(f"{stem}.png", rng.integers(0, 255, (30, 40, 3), dtype=np.uint8))
+      m = np.zeros((30, 40), np.uint8)
+      if label != "normal":
+        m[5:10, 5:10] = 255
+      _write_png(f"{stem}_mask.png", m)
+  m2 = np.zeros((30, 40), np.uint8)
+  m2[20:25, 30:35] = 255
+  _write_png(str(root / "benign" / "benign (1)_mask_1.png"), m2)
+  return tmp_path
+
+
+def test_original_busi_layout_merges_masks_and_splits(original_busi, tmp_path):
+  rows = busi.list_examples(str(original_busi))   # the folder containing the release
+  assert len(rows) == 26
+  first = next(r for r in rows if r["id"] == "benign_0001")
+  assert len(first["masks"]) == 2
+  assert {r["split"] for r in rows} == {"train", "val", "test"}
+  c = _config(name="busi", manual_dir=str(original_busi), data_dir=str(tmp_path / "tfds"))
+  test = data.load_split(c.data, "train", 40)
+  train_ids = test["id"]
+  if "benign_0001" in train_ids:
+    m = test["mask"][train_ids.index("benign_0001")]
+    assert m[:20].any() and m[20:].any()  # both mask files are in the merged mask
+  assert set(test["label"]) <= {0, 1}     # binary label set drops normal
+  c.data.label_set = "three_class"
+  assert 2 in data.load_split(c.data, "train", 40)["label"]
+
+
+def test_missing_manual_dir_names_folder_and_layout(tmp_path):
+  c = _config(name="busi", manual_dir=str(tmp_path / "nowhere"), data_dir=str(tmp_path / "tfds"))
+  with pytest.raises(manual.DataError, match=r"(?s)nowhere.*Expected layout.*manifest.csv"):
+    data.get_builder(c.data)
+  (tmp_path / "empty").mkdir()
+  c.data.manual_dir = str(tmp_path / "empty")
+  with pytest.raises(manual.DataError, match="neither manifest.csv nor"):
+    data.get_builder(c.data)
+
+
+def test_corrupt_image_is_named(original_busi, tmp_path):
+  bad = original_busi / "Dataset_BUSI_with_GT" / "malignant" / "malignant (3).png"
+  bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+  c = _config(name="busi", manual_dir=str(original_busi), data_dir=str(tmp_path / "tfds"))
+  with pytest.raises(Exception, match=r"malignant \(3\)\.png"):
+    data.get_builder(c.data)
+
+
+def test_malformed_manifest_names_missing_columns(tmp_path):
+  (tmp_path / "manifest.csv").write_text("id,label\nx,benign\n")
+  with pytest.raises(manual.DataError, match=r"missing column\(s\) \['image', 'mask', 'split'\]"):
+    busi.list_examples(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.fixture(scope="module")
+def busi_config(tmp_path_factory):
+  c = _config(name="busi", manual_dir=shared_data("busi"),
+              data_dir=str(tmp_path_factory.mktemp("tfds_busi")))
+  return c
+
+
+def test_real_busi_keeps_the_manifest_split(busi_config):
+  builder = data.get_builder(busi_config.data)
+  counts = {k: v.num_examples for k, v in builder.info.splits.items()}
+  assert counts == {"train": 456, "val": 65, "test": 129}
+  test = data.load_split(busi_config.data, "test", 64)
+  assert len(test["label"]) == 73 + 35 and int(test["label"].sum()) == 35
+  lesion = test["mask"].mean(axis=(1, 2))
+  assert (lesion > 0).all() and 0.03 < lesion.mean() < 0.3
+  # No near-duplicate group spans two splits.
+  train = data.load_split(busi_config.data, "train", 16)
+  assert not set(train["group"]) & set(test["group"])
+
+
+def test_real_brain_mri(tmp_path_factory):
+  c = _config(name="brain_mri", manual_dir=shared_data("brain_mri"),
+              data_dir=str(tmp_path_factory.mktemp("tfds_brain")))
+  c.model.seg_head = False
+  test = data.load_split(c.data, "test", 32)
+  assert len(test["label"]) == 39 and int(test["label"].sum()) == 24

@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from lib import metrics
+
+
+def test_roc_auc_hand_case_with_ties():
+  # Positives 0.8, 0.4; negatives 0.4, 0.1: pairs (0.8>0.4, 0.8>0.1, 0.4=0.4 -> 1/2, 0.4>0.1) = 3.5/4.
+  assert metrics.roc_auc([0.8, 0.4, 0.4, 0.1], [1, 1, 0, 0]) == pytest.approx(0.875)
+  assert metrics.roc_auc([0.1, 0.2, 0.9], [1, 1, 0]) == 0.0
+  assert np.isnan(metrics.roc_auc([0.1, 0.2], [1, 1]))
+
+
+def test_classification_metrics_hand_case():
+  labels = np.array([1, 1, 1, 0, 0])
+  probs = np.array([[0.2, 0.8], [0.4, 0.6], [0.7, 0.3], [0.9, 0.1], [0.3, 0.7]])
+  m = metrics.classification_metrics(probs, labels)
+  assert m["sensitivity"] == pytest.approx(2 / 3)
+  assert m["specificity"] == pytest.approx(1 / 2)
+  assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+  assert m["accuracy"] == pytest.approx(3 / 5)
+  # Scores of positives 0.8, 0.6, 0.3 vs negatives 0.1, 0.7: wins 2 + 1 + 1 = 4 of 6.
+  assert m["auc"] == pytest.approx(4 / 6)
+
+
+def test_dice():
+  a = np.zeros((2, 4, 4), bool)
+  b = np.zeros((2, 4, 4), bool)
+  a[0, :2] = True      # 8 pixels
+  b[0, :1] = True      # 4 pixels, all inside a
+  np.testing.assert_allclose(metrics.dice_score(a, b), [2 * 4 / 12, 1.0])

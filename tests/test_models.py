@@ -1,0 +1,82 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lib import models
+
+IMAGENET = dict(in_channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A tiny bottleneck ResNet with seg head and its variables (shared: init compiles)."""
+  m = models.ResNetTinyBottleneck(seg_head=True)
+  return m, models.init_variables(m, 0, 32)
+
+
+@pytest.mark.parametrize("arch,expected", [
+    (models.ResNet18, 11_689_512), (models.ResNet34, 21_797_672),
+    (models.ResNet50, 25_557_032), (models.ResNet101, 44_549_160)])
+def test_parameter_counts_match_torchvision(arch, expected):
+  # torchvision.models.resnetXX(num_classes=1000): sum(p.numel() for p in m.parameters()).
+  m = arch(num_classes=1000, **IMAGENET)
+  v = jax.eval_shape(lambda: models.init_variables(m, 0, 224))
+  assert models.count_params(v["params"]) == expected
+
+
+@pytest.mark.parametrize("cam_layer,stride", [("last", 32), ("penultimate", 16), ("dilated", 16)])
+def test_model_fns_split_network_at_cam_layer(tiny, cam_layer, stride):
+  m = models.ResNetTinyBottleneck(seg_head=True, cam_layer=cam_layer)
+  fns = models.model_fns(m, tiny[1])   # dilation and cut point keep the parameter tree
+  x = jax.random.uniform(jax.random.PRNGKey(1), (3, 32, 32, 1))
+  a = jax.jit(fns.features_fn)(x)
+  assert a.shape[:3] == (3, 32 // stride, 32 // stride)
+  np.testing.assert_allclose(jax.jit(fns.head_fn)(a), jax.jit(fns.logits_fn)(x), atol=1e-5)
+  logits, mask_logits = jax.jit(fns.predict_fn)(x)
+  assert logits.shape == (3, 2) and mask_logits.shape == (3, 32, 32)
+
+
+def test_surrogate_shares_the_parameter_tree(tiny):
+  m, v = tiny
+  smooth = models.ResNetTinyBottleneck(seg_head=True, activation="softplus", softplus_beta=5.0)
+  v2 = jax.eval_shape(lambda: models.init_variables(smooth, 0, 32))
+  assert jax.tree_util.tree_structure(v2) == jax.tree_util.tree_structure(v)
+  x = jnp.full((1, 32, 32, 1), 0.5)
+  relu_out = jax.jit(models.model_fns(m, v).logits_fn)(x)
+  smooth_out = jax.jit(models.model_fns(smooth, v).logits_fn)(x)
+  assert np.isfinite(np.asarray(smooth_out)).all()
+  assert not np.allclose(relu_out, smooth_out)
+
+
+def test_softplus_approaches_relu_for_large_beta():
+  x = jnp.linspace(-2, 2, 101)
+  np.testing.assert_allclose(models.make_activation("softplus", 1e3)(x), jax.nn.relu(x), atol=1e-3)
+
+
+def test_bfloat16_compute_keeps_float32_params(tiny):
+  m = models.ResNetTinyBottleneck(seg_head=True, dtype=jnp.bfloat16)
+  v = tiny[1]
+  assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(v["params"]))
+  logits, mask_logits = jax.jit(m.apply)(v, jnp.ones((2, 32, 32, 1)) * 0.3)
+  assert logits.dtype == jnp.float32 and mask_logits.dtype == jnp.float32
+  ref = jax.jit(tiny[0].apply)(v, jnp.ones((2, 32, 32, 1)) * 0.3)[0]
+  np.testing.assert_allclose(logits, ref, atol=0.1)
+
+
+def test_wrong_channel_count_is_reported(tiny):
+  m, v = tiny
+  with pytest.raises(ValueError, match=r"\(B, H, W, 1\)"):
+    jax.eval_shape(functools.partial(m.apply, v), jnp.ones((1, 32, 32, 3)))
+
+
+def test_normalisation_is_inside_the_model(tiny):
+  m, v = tiny
+  normalised = models.ResNetTinyBottleneck(seg_head=True, mean=(0.5,), std=(0.25,))
+  plain = models.ResNetTinyBottleneck(seg_head=True, mean=(0.0,), std=(1.0,))
+  x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 1))
+  # Same output as a model without normalisation fed the normalised image.
+  np.testing.assert_allclose(jax.jit(normalised.apply)(v, x)[0],
+                             jax.jit(plain.apply)(v, (x - 0.5) / 0.25)[0], atol=1e-5)
