@@ -20,6 +20,7 @@ import logging
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -68,8 +69,9 @@ class DataParallel:
 
   # -- placement
   def put_state(self, state):
-    if self.kind == "pmap":
-      return jax.device_put_replicated(state, self.local_devices)
+    if self.kind == "pmap":  # a leading device axis; pmap shards it over the devices
+      n = len(self.local_devices)
+      return jax.tree_util.tree_map(lambda x: jnp.stack([x] * n), state)
     return jax.device_put(state, self.replicated)
 
   def get_state(self, state):
@@ -82,9 +84,7 @@ class DataParallel:
     """This process's slice of the global batch -> device arrays."""
     if self.kind == "pmap":
       n = len(self.local_devices)
-      return jax.tree_util.tree_map(
-          lambda x: jax.device_put_sharded(list(x.reshape((n, -1) + x.shape[1:])),
-                                           self.local_devices), local_batch)
+      return jax.tree_util.tree_map(lambda x: x.reshape((n, -1) + x.shape[1:]), local_batch)
     return jax.tree_util.tree_map(
         lambda x: jax.make_array_from_process_local_data(self.sharded, x), local_batch)
 
@@ -97,8 +97,12 @@ class DataParallel:
     if self.kind == "pmap":
       return jax.pmap(per_device_step, axis_name=AXIS, devices=self.local_devices,
                       donate_argnums=(0,) if donate_state else ())
+    # check_vma=False gives pmap's semantics, which the per-device steps are written
+    # for: gradients w.r.t. the replicated parameters stay per-device until the step's
+    # explicit psum. With varying-manual-axes checking on, JAX would insert that psum
+    # itself when differentiating, and the explicit one would sum a second time.
     sharded = jax.shard_map(per_device_step, mesh=self.mesh, in_specs=(P(), P(AXIS)),
-                            out_specs=(P(), P()))
+                            out_specs=(P(), P()), check_vma=False)
     return jax.jit(sharded, donate_argnums=(0,) if donate_state else ())
 
   def compile_eval(self, eval_fn: Callable) -> Callable:

@@ -50,8 +50,10 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   """Linear warm-up then cosine decay to zero over the whole run."""
   total = max(config.num_epochs * steps_per_epoch, 1)
   warmup = min(int(config.warmup_epochs * steps_per_epoch), total - 1)
+  if warmup <= 0:
+    return optax.cosine_decay_schedule(config.learning_rate, total)
   return optax.warmup_cosine_decay_schedule(
-      0.0, config.learning_rate, warmup_steps=max(warmup, 1), decay_steps=total, end_value=0.0)
+      0.0, config.learning_rate, warmup_steps=warmup, decay_steps=total, end_value=0.0)
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:

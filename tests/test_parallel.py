@@ -1,0 +1,59 @@
+"""One data-parallel step on 8 fake CPU devices equals the single-device step."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from lib import experiment, parallel, train_step
+
+
+@pytest.fixture(scope="module")
+def setup():
+  if jax.device_count() < 8:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (set in conftest)")
+  c = default.get_config("test")
+  c.warmup_epochs = 0.0  # a non-zero learning rate at step 0
+  c.optimizer = "sgd"    # Adam's first step is ~lr*sign(g): it magnifies float noise of tiny g
+  model = experiment.build_model(c, bn_axis_name=train_step.AXIS)
+  state = experiment.init_state(c, model, steps_per_epoch=4)
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(size=(16, 32, 32, 1)).astype(np.float32),
+           "mask": (rng.uniform(size=(16, 32, 32)) > 0.8).astype(np.float32),
+           "label": rng.integers(0, 2, 16).astype(np.int32),
+           "has_mask": np.ones(16, np.float32)}
+  step = functools.partial(train_step.train_step, model=model,
+                           class_weights=jnp.array([0.7, 1.6]), loss_config=c.loss)
+  return state, batch, step
+
+
+def _run(kind, num_devices, state, batch, step):
+  par = parallel.DataParallel(parallel.make_mesh(num_devices), kind)
+  fn = par.compile_step(step, donate_state=False)
+  new_state, metrics = fn(par.put_state(state), par.put_batch(batch))
+  return jax.device_get(par.get_state(new_state)), jax.device_get(par.get_metrics(metrics))
+
+
+@pytest.mark.parametrize("kind", ["shard_map", "pmap"])
+def test_sharded_step_equals_single_device_step(setup, kind):
+  state, batch, step = setup
+  ref_state, ref_metrics = _run("shard_map", 1, state, batch, step)
+  got_state, got_metrics = _run(kind, 8, state, batch, step)
+  for key in ("loss", "ce", "bce", "dice_loss", "accuracy"):
+    np.testing.assert_allclose(got_metrics[key], ref_metrics[key], rtol=1e-5, atol=1e-6)
+  flat_ref = jax.tree_util.tree_leaves_with_path(ref_state.params)
+  flat_got = jax.tree_util.tree_leaves(got_state.params)
+  for (path, a), b in zip(flat_ref, flat_got):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  # Cross-replica BatchNorm: running statistics equal the global-batch ones.
+  for a, b in zip(jax.tree_util.tree_leaves(ref_state.batch_stats),
+                  jax.tree_util.tree_leaves(got_state.batch_stats)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  assert int(got_state.step) == 1
+  # The step really moved the parameters.
+  moved = [not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(ref_state.params),
+                                                 jax.tree_util.tree_leaves(state.params))]
+  assert np.mean(moved) > 0.5  # not the convs before zero-initialised residual BN scales
