@@ -34,16 +34,14 @@ def evaluate(eval_fn, variables, arrays: dict, config, *, return_predictions: bo
   for batch in data.eval_batches(arrays, config.eval_batch_size, config.model.in_channels,
                                  spec.has_masks, process_index=jax.process_index(),
                                  process_count=jax.process_count()):
-    weight = batch.pop("weight")
-    p, mp = eval_fn(variables, {"image": batch["image"]})
-    keep = np.asarray(weight) > 0
-    keep = np.concatenate([keep] * jax.process_count()) if jax.process_count() > 1 else keep
-    probs.append(np.asarray(p)[keep])
+    p, mp = eval_fn(variables, {"image": batch["image"]})  # global (all processes') outputs
+    probs.append(np.asarray(p))
     if mp is not None:
-      mask_probs.append(np.asarray(mp)[keep])
-  probs = np.concatenate(probs)
+      mask_probs.append(np.asarray(mp))
+  n = len(arrays["label"])  # only the last global batch is padded, at its end
+  probs = np.concatenate(probs)[:n]
   out = metrics.classification_metrics(probs, arrays["label"])
-  mask_probs = np.concatenate(mask_probs) if mask_probs else None
+  mask_probs = np.concatenate(mask_probs)[:n] if mask_probs else None
   if mask_probs is not None and spec.has_masks:
     out.update(metrics.segmentation_metrics(mask_probs, arrays["mask"],
                                             np.ones(len(probs), np.float32)))
