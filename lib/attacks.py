@@ -146,7 +146,7 @@ def apgd_checkpoints(steps: int) -> np.ndarray:
   p = [0.0, 0.22]
   while p[-1] < 1.0:
     p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-  return np.unique(np.ceil(np.asarray(p[:-1]) * steps).astype(int))
+  return np.unique(np.ceil(np.round(np.asarray(p[:-1]) * steps, 6)).astype(int))
 
 
 def default_unroll(steps: int) -> int:
@@ -206,7 +206,10 @@ def projected_gradient(loss_fn: LossFn, x: Array, *, eps, step_size, steps: int,
     return _pgd(loss_and_grad, x, x0, eps, step_size, steps, norm, step_rule, momentum,
                 keep_best, unroll)
 
-  keys = jax.random.split(key, restarts) if key is not None else [None] * restarts
+  # Restart r > 0 starts from fold_in(key, r): restart 0 is the single-start run, so more
+  # restarts never do worse than one.
+  keys = [key] + [jax.random.fold_in(key, r) if key is not None else None
+                  for r in range(1, restarts)]
   best_x, best_loss = one_run(keys[0])
   for r in range(1, restarts):  # few restarts: a Python loop keeps the body unrolled
     cand_x, cand_loss = one_run(keys[r])

@@ -52,7 +52,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def write_table(rows: Sequence[dict], path_stem: str, columns: Optional[Sequence[str]] = None,
-                floatfmt: str = "{:.3f}") -> str:
+                floatfmt: str = "{:.4g}") -> str:
   """Writes rows as ``<stem>.csv`` and ``<stem>.md``; returns the markdown."""
   if not rows:
     return ""
@@ -112,6 +112,53 @@ def plot_predictions(images, masks, labels, probs, mask_probs, class_names, path
     ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[pred]} {probs[i][pred]:.2f}",
                  fontsize=7, color="black" if pred == labels[i] else "red")
     ax.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_accuracy_vs_eps(rows: Sequence[dict], path: str, highlight: float = 0.004) -> None:
+  """Accuracy under attack against eps, one line per (model, attack)."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  keys = sorted({(r["model"], r["attack"]) for r in rows})
+  for model, attack in keys:
+    pts = sorted((r["eps"], r["accuracy"]) for r in rows if r["model"] == model and r["attack"] == attack)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=f"{model} / {attack}")
+  ax.axvline(highlight, color="gray", ls=":", lw=1)
+  ax.set(xlabel="eps (L-inf, pixels in [0, 1])", ylabel="accuracy under attack", ylim=(0, 1.02))
+  ax.set_xscale("symlog", linthresh=1e-3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_adversarial_examples(arrays, examples: dict, class_names, path: str,
+                              eps: float, n: int = 4) -> None:
+  """Clean image, perturbation (amplified to the full grey range) and adversarial image,
+  with the predictions, for ``n`` images at one eps."""
+  plt = _plt()
+  eps = min(examples, key=lambda e: abs(e - eps))
+  ex = examples[eps]
+  n = min(n, len(ex["x_adv"]))
+  fig, axes = plt.subplots(n, 3, figsize=(6.3, 2.2 * n), squeeze=False)
+  for i in range(n):
+    clean = arrays["image"][i].astype(np.float32) / 255.0
+    adv = ex["x_adv"][i][..., 0]
+    delta = adv - clean
+    scale = max(np.abs(delta).max(), 1e-8)
+    p_clean, p_adv = ex["clean_probs"][i], ex["adv_probs"][i]
+    label = class_names[arrays["label"][i]]
+    axes[i, 0].imshow(clean, cmap="gray", vmin=0, vmax=1)
+    axes[i, 0].set_title(f"clean ({label})\n{class_names[p_clean.argmax()]} {p_clean.max():.2f}", fontsize=7)
+    axes[i, 1].imshow(delta / scale, cmap="seismic", vmin=-1, vmax=1)
+    axes[i, 1].set_title(f"perturbation x{1 / scale:.0f}\nmax {scale:.4f}", fontsize=7)
+    axes[i, 2].imshow(adv, cmap="gray", vmin=0, vmax=1)
+    axes[i, 2].set_title(f"adversarial eps={eps:g}\n{class_names[p_adv.argmax()]} {p_adv.max():.2f}",
+                         fontsize=7, color="red" if p_adv.argmax() != p_clean.argmax() else "black")
+    for a in axes[i]:
+      a.axis("off")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -25,3 +25,21 @@ def shared_data(name: str) -> str:
 def demo_config():
   from configs import default
   return default.get_config("test")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+  """The demo's tiny multi-task ResNet trained for 6 epochs on synthetic lesions.
+
+  Returns ``(model, variables, x_test, y_test, workdir)``.
+  """
+  from configs import default
+  from lib import data, experiment, trainer
+  c = default.get_config("test")
+  c.num_devices = 1
+  c.num_epochs = 6
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  trainer.train_and_evaluate(c, workdir)
+  config, model, variables = experiment.restore_model(workdir)
+  test = data.load_split(config.data, "test", config.image_size)
+  return model, variables, data.to_model_input(test["image"], 1), test["label"], workdir

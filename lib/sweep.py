@@ -1,0 +1,205 @@
+"""Attack sweeps: checkpoints x attacks x eps on one split, sharded over all devices.
+
+For every attack one function ``(variables, x, y, eps, key) -> per-example results`` is
+jit-compiled with ``eps`` traced, so the whole eps grid costs one compilation per attack
+and input shape (batches are padded to one shape). The batch axis is sharded over the
+same 1-D mesh as training; everything in the function is per example, so the numbers do
+not depend on the number of devices.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lib import attacks, data, experiment, metrics, models, parallel, report
+
+RESULT_COLUMNS = ("model", "attack", "eps", "clean_accuracy", "accuracy", "sensitivity",
+                  "specificity", "balanced_accuracy", "auc", "success_rate", "linf_mean",
+                  "linf_max", "l2_mean", "l2_max", "psnr_mean", "ssim_mean", "n")
+
+
+def make_attack(spec) -> Callable:
+  """``(logits_fn, x, y, eps, key) -> x_adv`` from a config entry of ``attacks``.
+
+  ``spec.name`` is one of :data:`lib.attacks.ATTACKS`; the step size is
+  ``spec.step_size_factor * eps`` (so it scales with the traced eps).
+  """
+  name = spec.name
+  fn = attacks.ATTACKS[name]
+  kw = dict(norm=spec.get("norm", "linf"))
+  if name in ("bim", "pgd", "mifgsm"):
+    kw["steps"] = spec.steps
+  if name in ("pgd", "apgd"):
+    kw["restarts"] = spec.get("restarts", 1)
+  if name == "apgd":
+    kw["steps"] = spec.steps
+  if name != "fgsm":
+    kw["loss"] = spec.get("loss", "ce")
+  factor = spec.get("step_size_factor", 0.25)
+
+  def run(logits_fn, x, y, eps, key):
+    extra = {}
+    if name in ("bim", "pgd", "mifgsm"):
+      extra["step_size"] = factor * eps
+    if name in ("pgd", "apgd"):
+      extra["key"] = key
+    return fn(logits_fn, x, y, eps=eps, **kw, **extra)
+  return run
+
+
+def attack_label(spec) -> str:
+  parts = [spec.name]
+  if spec.get("steps") and spec.name != "fgsm":
+    parts.append(str(spec.steps))
+  if spec.get("loss", "ce") != "ce":
+    parts.append(spec.loss)
+  if spec.get("norm", "linf") != "linf":
+    parts.append(spec.norm)
+  if spec.get("restarts", 1) > 1:
+    parts.append(f"r{spec.restarts}")
+  return "-".join(parts)
+
+
+class CompileCounter:
+  """Counts traces of the functions it wraps (one trace = one XLA compilation)."""
+
+  def __init__(self):
+    self.count = 0
+
+  def wrap(self, fn):
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+      self.count += 1
+      return fn(*args, **kwargs)
+    return traced
+
+
+def compile_attack(model, spec, mesh, counter: CompileCounter, return_images: bool = False):
+  """The jitted per-batch function of one attack for one model.
+
+  The batch is sharded over the mesh; the (small) per-example results are gathered to
+  every process, the adversarial images only when ``return_images``.
+  """
+  run = make_attack(spec)
+
+  def evaluate(variables, x, y, eps, key):
+    fns = models.model_fns(model, variables)
+    x_adv = run(fns.logits_fn, x, y, eps, key)
+    clean = jax.nn.softmax(fns.logits_fn(x), -1)
+    adv = jax.nn.softmax(fns.logits_fn(x_adv), -1)
+    out = {"clean_probs": clean, "adv_probs": adv}
+    if return_images:
+      out["x_adv"] = x_adv
+    out.update(metrics.perturbation_metrics(x, x_adv))
+    return out
+
+  sharded = NamedSharding(mesh, P(parallel.AXIS))
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(counter.wrap(evaluate),
+                 in_shardings=(replicated, sharded, sharded, replicated, replicated),
+                 out_shardings=replicated)
+
+
+def cell_metrics(clean_probs, adv_probs, labels, pert: dict) -> dict:
+  """The numbers of one (model, attack, eps) cell."""
+  cm = metrics.classification_metrics(adv_probs, labels)
+  clean_correct = clean_probs.argmax(-1) == labels
+  flipped = adv_probs.argmax(-1) != labels
+  row = {"clean_accuracy": float(clean_correct.mean()), "accuracy": cm["accuracy"],
+         "sensitivity": cm["sensitivity"], "specificity": cm["specificity"],
+         "balanced_accuracy": cm["balanced_accuracy"], "auc": cm["auc"],
+         "success_rate": float(flipped[clean_correct].mean()) if clean_correct.any() else float("nan"),
+         "n": int(len(labels))}
+  finite_psnr = np.where(np.isfinite(pert["psnr"]), pert["psnr"], np.nan)
+  row.update(linf_mean=float(pert["linf"].mean()), linf_max=float(pert["linf"].max()),
+             l2_mean=float(pert["l2"].mean()), l2_max=float(pert["l2"].max()),
+             psnr_mean=float(np.nanmean(finite_psnr)) if np.isfinite(finite_psnr).any() else float("inf"),
+             ssim_mean=float(pert["ssim"].mean()))
+  return row
+
+
+def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in_channels,
+                    keep_examples: int = 0):
+  """All eps of one attack on one model: list of cell rows (+ a few adversarial images)."""
+  fn = compile_attack(model, spec, mesh, counter, return_images=bool(keep_examples))
+  bs = config.batch_size
+  n = len(arrays["label"])
+  rows, examples = [], {}
+  key = jax.random.PRNGKey(config.seed)
+  for eps in config.eps:
+    outs = []
+    for start in range(0, n, bs):
+      idx = np.minimum(np.arange(start, start + bs), n - 1)  # pad to one shape
+      x = data.to_model_input(arrays["image"][idx], in_channels)
+      y = arrays["label"][idx]
+      o = fn(variables, x, y, jnp.float32(eps), jax.random.fold_in(key, start))
+      outs.append(jax.device_get(o))
+    cat = {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
+    row = cell_metrics(cat["clean_probs"], cat["adv_probs"], arrays["label"],
+                       {k: cat[k] for k in ("linf", "l2", "psnr", "ssim")})
+    rows.append({"attack": attack_label(spec), "eps": float(eps), **row})
+    if keep_examples:
+      examples[float(eps)] = {k: cat[k][:keep_examples] for k in ("x_adv", "adv_probs", "clean_probs")}
+  return rows, examples
+
+
+def run_sweep(config, workdir: str) -> list[dict]:
+  """The grid of ``config.checkpoints`` x ``config.attacks`` x ``config.eps``."""
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints = [c for c in str(config.checkpoints).split(",") if c]
+  if not checkpoints:
+    raise ValueError("No checkpoints: pass --config.checkpoints=RUN1,RUN2 (train.py work dirs).")
+  mesh = parallel.make_mesh(config.num_devices)
+  if config.batch_size % mesh.size:
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by {mesh.size} devices.")
+  counter = CompileCounter()
+  rows, figures = [], []
+  for ckpt in checkpoints:
+    train_config, model, variables = experiment.restore_model(ckpt, config.which)
+    name = os.path.basename(os.path.normpath(ckpt))
+    arrays = data.load_split(train_config.data, config.split, train_config.image_size)
+    if config.max_images:
+      arrays = {k: v[:config.max_images] for k, v in arrays.items()}
+    class_names = data.class_names(train_config.data)
+    for spec in config.attacks:
+      t0, before = time.time(), counter.count
+      cells, examples = run_attack_grid(model, variables, arrays, config, spec, mesh, counter,
+                                        in_channels=train_config.model.in_channels,
+                                        keep_examples=config.figure_examples)
+      logging.info("%s / %s: %d eps in %.1f s, %d compilation(s)", name, attack_label(spec),
+                   len(config.eps), time.time() - t0, counter.count - before)
+      for c in cells:
+        rows.append({"model": name, **c})
+        logging.info("  eps=%.4f acc=%.3f (clean %.3f) success=%.3f ssim=%.4f", c["eps"],
+                     c["accuracy"], c["clean_accuracy"], c["success_rate"], c["ssim_mean"])
+      if config.figure_examples and jax.process_index() == 0:
+        path = os.path.join(workdir, f"examples_{name}_{attack_label(spec)}.png")
+        report.plot_adversarial_examples(arrays, examples, class_names, path, config.figure_eps)
+        figures.append(path)
+  if jax.process_index() == 0:
+    write_sweep_outputs(rows, workdir, counter.count)
+  return rows
+
+
+def write_sweep_outputs(rows, workdir, compilations: int) -> None:
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump({"compilations": compilations, "cells": rows}, f, indent=2)
+  report.write_table(rows, os.path.join(workdir, "results"), RESULT_COLUMNS)
+  summary = [{"model": r["model"], "attack": r["attack"], "eps": r["eps"], "accuracy": r["accuracy"],
+              "balanced_accuracy": r["balanced_accuracy"], "auc": r["auc"],
+              "success_rate": r["success_rate"], "ssim": r["ssim_mean"]} for r in rows]
+  table = report.write_table(summary, os.path.join(workdir, "summary"))
+  report.plot_accuracy_vs_eps(rows, os.path.join(workdir, "accuracy_vs_eps.png"))
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(f"# Attack sweep\n\n{compilations} compilation(s) for the whole grid.\n\n{table}\n"
+            "![accuracy against eps](accuracy_vs_eps.png)\n")

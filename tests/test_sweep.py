@@ -1,0 +1,53 @@
+"""attack.py's sweep: one compilation per attack for the eps grid, device-independent."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import attack_sweep
+from lib import sweep
+
+
+def _config(workdir, num_devices):
+  c = attack_sweep.get_config("quick")
+  c.checkpoints = workdir
+  c.num_devices = num_devices
+  c.batch_size = 16
+  c.max_images = 24        # two batches, the second padded
+  c.figure_examples = 2
+  return c
+
+
+def test_sweep_compiles_once_per_attack_and_writes_outputs(trained, tmp_path):
+  c = _config(trained[4], 1)
+  rows = sweep.run_sweep(c, str(tmp_path))
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["compilations"] == len(c.attacks)   # 2 attacks x 4 eps, 2 batches
+  assert len(rows) == len(c.attacks) * len(c.eps)
+  for name in ("results.csv", "results.md", "summary.md", "report.md", "accuracy_vs_eps.png"):
+    assert os.path.getsize(tmp_path / name) > 0
+  assert any(n.startswith("examples_") for n in os.listdir(tmp_path))
+  zero = [r for r in rows if r["eps"] == 0.0]
+  for r in zero:
+    assert r["accuracy"] == r["clean_accuracy"] and r["linf_max"] == 0.0
+    assert r["ssim_mean"] == pytest.approx(1.0, abs=1e-6)
+  for r in rows:
+    assert r["linf_max"] <= r["eps"] + 1e-6 and r["n"] == 24
+  pgd = sorted((r["eps"], r["accuracy"]) for r in rows if r["attack"].startswith("pgd"))
+  assert pgd[-1][1] < pgd[0][1]          # accuracy falls with eps
+
+
+def test_sweep_on_8_devices_gives_the_numbers_of_one(trained, tmp_path):
+  if jax.device_count() < 8:
+    pytest.skip("needs 8 (fake) devices")
+  one = sweep.run_sweep(_config(trained[4], 1), str(tmp_path / "one"))
+  eight = sweep.run_sweep(_config(trained[4], 8), str(tmp_path / "eight"))
+  for a, b in zip(one, eight):
+    for k, v in a.items():
+      if isinstance(v, float):
+        np.testing.assert_allclose(b[k], v, rtol=1e-4, atol=1e-5, err_msg=f"{a['attack']} {a['eps']} {k}")
+      else:
+        assert b[k] == v
