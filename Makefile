@@ -17,7 +17,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python train.py --config=configs/default.py --workdir=$(WORKDIR)
-	@echo "Demo outputs in $(WORKDIR): report.md, test_metrics.csv, training_curves.png, test_predictions.png"
+	$(BIN)/python attack.py --config=configs/attack_sweep.py:quick --config.checkpoints=$(WORKDIR) \
+	    --workdir=$(WORKDIR)/attack
+	@echo "Demo outputs in $(WORKDIR): report.md, training_curves.png, test_predictions.png;"
+	@echo "attack sweep in $(WORKDIR)/attack: report.md, results.csv, accuracy_vs_eps.png, examples_*.png"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -21,6 +21,7 @@ def get_config(variant: str = ""):
   c.split = "test"
   c.eps = (0.0, 0.001, 0.002, 0.004, 0.008, 0.016, 0.031)
   c.attacks = [
+      attack("noise"),
       attack("fgsm"),
       attack("bim", steps=10, step_size_factor=0.25),
       attack("pgd", steps=10, step_size_factor=0.25, restarts=1),

@@ -368,4 +368,11 @@ def apgd(logits_fn, x, y, *, eps, steps: int = 100, norm: str = "linf", loss="ce
                             success_fn=_success(logits_fn, y, targeted), unroll=unroll)
 
 
-ATTACKS = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm": mifgsm, "apgd": apgd}
+def uniform_noise(logits_fn, x, y, *, eps, norm: str = "linf", key=None):
+  """Random perturbation uniform in the ball: the baseline every attack must beat."""
+  del logits_fn, y
+  return random_start(jax.random.PRNGKey(0) if key is None else key, x, eps, norm)
+
+
+ATTACKS = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm": mifgsm, "apgd": apgd,
+           "noise": uniform_noise}

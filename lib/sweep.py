@@ -41,9 +41,11 @@ def make_attack(spec) -> Callable:
     kw["steps"] = spec.steps
   if name in ("pgd", "apgd"):
     kw["restarts"] = spec.get("restarts", 1)
+  if name == "noise":
+    kw = dict(norm=kw["norm"])
   if name == "apgd":
     kw["steps"] = spec.steps
-  if name != "fgsm":
+  if name not in ("fgsm", "noise"):
     kw["loss"] = spec.get("loss", "ce")
   factor = spec.get("step_size_factor", 0.25)
 
@@ -51,7 +53,7 @@ def make_attack(spec) -> Callable:
     extra = {}
     if name in ("bim", "pgd", "mifgsm"):
       extra["step_size"] = factor * eps
-    if name in ("pgd", "apgd"):
+    if name in ("pgd", "apgd", "noise"):
       extra["key"] = key
     return fn(logits_fn, x, y, eps=eps, **kw, **extra)
   return run
@@ -191,6 +193,39 @@ def run_sweep(config, workdir: str) -> list[dict]:
   return rows
 
 
+def masking_checks(rows) -> list[str]:
+  """Signs of gradient masking (Athalye et al. 2018; Carlini et al. 2019, Sec. 5): per
+  model, accuracy must not rise with eps, iterative attacks must beat FGSM, white-box
+  attacks must beat random noise of the same size. Returns one line per violation."""
+  issues = []
+  for model in sorted({r["model"] for r in rows}):
+    mine = [r for r in rows if r["model"] == model]
+    by = {}
+    for r in mine:
+      by.setdefault(r["attack"], {})[r["eps"]] = r["accuracy"]
+    for attack, curve in by.items():
+      eps = sorted(curve)
+      for a, b in zip(eps, eps[1:]):
+        if curve[b] > curve[a] + 1e-9 and not attack.startswith("noise"):
+          issues.append(f"{model} / {attack}: accuracy rises from eps {a:g} ({curve[a]:.3f}) "
+                        f"to {b:g} ({curve[b]:.3f})")
+    fgsm = by.get("fgsm", {})
+    noise = next((c for a, c in by.items() if a.startswith("noise")), {})
+    for attack, curve in by.items():
+      if attack in ("fgsm",) or attack.startswith("noise"):
+        continue
+      for e, acc in curve.items():
+        if e in fgsm and acc > fgsm[e] + 1e-9:
+          issues.append(f"{model} / {attack} at eps {e:g}: accuracy {acc:.3f} above FGSM's {fgsm[e]:.3f}")
+    for attack, curve in by.items():
+      if attack.startswith("noise"):
+        continue
+      for e, acc in curve.items():
+        if e > 0 and e in noise and acc > noise[e] + 1e-9:
+          issues.append(f"{model} / {attack} at eps {e:g}: accuracy {acc:.3f} above random noise's {noise[e]:.3f}")
+  return issues
+
+
 def write_sweep_outputs(rows, workdir, compilations: int) -> None:
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump({"compilations": compilations, "cells": rows}, f, indent=2)
@@ -200,6 +235,13 @@ def write_sweep_outputs(rows, workdir, compilations: int) -> None:
               "success_rate": r["success_rate"], "ssim": r["ssim_mean"]} for r in rows]
   table = report.write_table(summary, os.path.join(workdir, "summary"))
   report.plot_accuracy_vs_eps(rows, os.path.join(workdir, "accuracy_vs_eps.png"))
+  checks = masking_checks(rows)
+  for line in checks:
+    logging.warning("Possible gradient masking: %s", line)
+  check_text = ("\n".join(f"- {c}" for c in checks) if checks else
+                "none: accuracy falls with eps, iterative attacks beat FGSM, attacks beat noise "
+                "(for the attacks in this grid)")
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(f"# Attack sweep\n\n{compilations} compilation(s) for the whole grid.\n\n{table}\n"
+            f"## Gradient-masking checks\n\n{check_text}\n\n"
             "![accuracy against eps](accuracy_vs_eps.png)\n")

@@ -40,6 +40,18 @@ def test_sweep_compiles_once_per_attack_and_writes_outputs(trained, tmp_path):
   assert pgd[-1][1] < pgd[0][1]          # accuracy falls with eps
 
 
+def test_masking_checks_flag_a_masked_curve():
+  rows = [dict(model="m", attack=a, eps=e, accuracy=acc) for a, e, acc in [
+      ("fgsm", 0.0, 0.9), ("fgsm", 0.01, 0.3), ("pgd-10", 0.0, 0.9), ("pgd-10", 0.01, 0.5),
+      ("pgd-10", 0.02, 0.6), ("noise", 0.01, 0.4)]]
+  issues = sweep.masking_checks(rows)
+  assert any("rises" in i and "pgd-10" in i for i in issues)
+  assert any("above FGSM" in i for i in issues)
+  assert any("above random noise" in i for i in issues)
+  assert not sweep.masking_checks([dict(model="m", attack="fgsm", eps=e, accuracy=1 - e)
+                                   for e in (0.0, 0.1)])
+
+
 def test_sweep_on_8_devices_gives_the_numbers_of_one(trained, tmp_path):
   if jax.device_count() < 8:
     pytest.skip("needs 8 (fake) devices")
