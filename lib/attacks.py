@@ -22,7 +22,8 @@ The engine, :func:`projected_gradient`, is parameterised by
 Loops are ``lax.scan``s with an ``unroll`` option: on XLA:CPU the input-gradient of a
 convolution inside a rolled loop body compiles to a layout about 10x slower than the
 same gradient at top level (DESIGN.md, "measured pitfall"), so on CPU the default
-unrolls the attack loop fully; elsewhere it stays rolled (``unroll=None`` picks).
+unrolls attack loops of up to 20 steps fully (compile time grows with the steps);
+elsewhere they stay rolled (``unroll=None`` picks, see :func:`default_unroll`).
 
 Attacks are model-agnostic: they take ``logits_fn(x) -> logits``, any JAX function of
 images in [0, 1]. Our models provide it in eval mode (BatchNorm running statistics, no
@@ -149,9 +150,19 @@ def apgd_checkpoints(steps: int) -> np.ndarray:
   return np.unique(np.ceil(np.round(np.asarray(p[:-1]) * steps, 6)).astype(int))
 
 
+MAX_DEFAULT_UNROLL = 20
+
+
 def default_unroll(steps: int) -> int:
-  """Fully unrolled on CPU (the XLA:CPU loop-body pitfall), rolled elsewhere."""
-  return max(steps, 1) if jax.default_backend() == "cpu" else 1
+  """Fully unrolled on CPU up to 20 steps (the XLA:CPU loop-body pitfall), else rolled.
+
+  Unrolling costs compile time linearly in the steps (APGD-100 unrolled took minutes
+  to compile even for a linear model), so longer loops stay rolled unless ``unroll`` is
+  given explicitly; on accelerators loops stay rolled.
+  """
+  if jax.default_backend() == "cpu" and steps <= MAX_DEFAULT_UNROLL:
+    return max(steps, 1)
+  return 1
 
 
 def projected_gradient(loss_fn: LossFn, x: Array, *, eps, step_size, steps: int,
