@@ -110,3 +110,155 @@ def perturbation_metrics(x, x_adv) -> dict:
   """L-inf and L2 norms, PSNR and SSIM of a perturbation, per example."""
   return {"linf": linf_distance(x, x_adv), "l2": l2_distance(x, x_adv),
           "psnr": psnr(x, x_adv), "ssim": ssim(x, x_adv)}
+
+
+# ----------------------------------------------------------------------------- saliency maps
+# Host-side numpy on maps (B, H, W); each returns one value per example.
+
+
+def _flat(m):
+  m = np.asarray(m, np.float64)
+  return m.reshape(m.shape[0], -1)
+
+
+def pearson(a, b) -> np.ndarray:
+  a, b = _flat(a), _flat(b)
+  a = a - a.mean(1, keepdims=True)
+  b = b - b.mean(1, keepdims=True)
+  den = np.sqrt((a ** 2).sum(1) * (b ** 2).sum(1))
+  return np.where(den > 0, (a * b).sum(1) / np.maximum(den, 1e-30), 0.0)
+
+
+def spearman(a, b) -> np.ndarray:
+  """Spearman rank correlation with average ranks for ties (CAMs have many zeros)."""
+  from scipy.stats import rankdata
+  return pearson(rankdata(_flat(a), axis=1), rankdata(_flat(b), axis=1))
+
+
+def cosine(a, b) -> np.ndarray:
+  a, b = _flat(a), _flat(b)
+  den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+  return np.where(den > 0, (a * b).sum(1) / np.maximum(den, 1e-30), 0.0)
+
+
+def _top_k_sets(m, k):
+  return np.argsort(-_flat(m), axis=1, kind="stable")[:, :k]
+
+
+def top_k_intersection(a, b, k: float | int = 0.02) -> np.ndarray:
+  """Fraction of the k most salient pixels of ``a`` that are among the k most salient of
+  ``b`` (Ghorbani et al. 2019, "top-k intersection"); k a count or a fraction of pixels."""
+  n = _flat(a).shape[1]
+  k = int(round(k * n)) if isinstance(k, float) else int(k)
+  ta, tb = _top_k_sets(a, k), _top_k_sets(b, k)
+  return np.asarray([len(np.intersect1d(x, y)) / k for x, y in zip(ta, tb)])
+
+
+def map_ssim(a, b) -> np.ndarray:
+  """SSIM of two maps each min-max normalised to [0, 1]."""
+  norm = lambda m: (lambda f: ((f - f.min(1, keepdims=True)) /
+                               np.maximum(np.ptp(f, axis=1, keepdims=True), 1e-12)))(_flat(m))
+  shape = np.asarray(a).shape
+  return np.asarray(ssim(jnp.asarray(norm(a).reshape(shape)[..., None], jnp.float32),
+                         jnp.asarray(norm(b).reshape(shape)[..., None], jnp.float32)))
+
+
+def center_of_mass(m) -> np.ndarray:
+  """(row, col) of each non-negative map's centre of mass, in pixels, (B, 2)."""
+  m = np.clip(np.asarray(m, np.float64), 0, None)
+  total = np.maximum(m.sum(axis=(1, 2)), 1e-30)
+  rows = np.arange(m.shape[1])[None, :, None]
+  cols = np.arange(m.shape[2])[None, None, :]
+  return np.stack([(m * rows).sum(axis=(1, 2)) / total, (m * cols).sum(axis=(1, 2)) / total], 1)
+
+
+def center_of_mass_shift(a, b) -> np.ndarray:
+  """Euclidean distance in pixels between the maps' centres of mass (Ghorbani et al. 2019)."""
+  return np.linalg.norm(center_of_mass(a) - center_of_mass(b), axis=1)
+
+
+def total_variation(m) -> np.ndarray:
+  """Normalised total variation: mean |finite difference| of the map scaled to max 1.
+  Lower is smoother / more coherent (as used to compare saliency of robust models)."""
+  m = np.asarray(m, np.float64)
+  m = m / np.maximum(np.abs(m).max(axis=(1, 2), keepdims=True), 1e-30)
+  tv = np.abs(np.diff(m, axis=1)).sum(axis=(1, 2)) + np.abs(np.diff(m, axis=2)).sum(axis=(1, 2))
+  return tv / (m.shape[1] * m.shape[2])
+
+
+def gini(m) -> np.ndarray:
+  """Gini index of |m| (Hurley & Rickard 2009; sparseness of attributions, Chalasani et
+  al. 2020): 0 for a uniform map, 1 - 1/N for all mass in one pixel."""
+  f = np.sort(np.abs(_flat(m)), axis=1)
+  n = f.shape[1]
+  l1 = np.maximum(f.sum(1, keepdims=True), 1e-30)
+  k = np.arange(1, n + 1)[None]
+  return 1.0 - 2.0 * ((f / l1) * (n - k + 0.5) / n).sum(1)
+
+
+def entropy(m) -> np.ndarray:
+  """Shannon entropy of |m| / sum |m|, divided by log(N): 1 uniform, 0 one pixel."""
+  p = np.abs(_flat(m))
+  p = p / np.maximum(p.sum(1, keepdims=True), 1e-30)
+  h = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)).sum(1)
+  return h / np.log(p.shape[1])
+
+
+def lesion_energy(m, mask) -> np.ndarray:
+  """Fraction of the (non-negative) map's mass inside the lesion mask ("energy-based
+  pointing game", Wang et al. 2020, Score-CAM). A uniform map scores the lesion's area."""
+  m = np.clip(_flat(m), 0, None)
+  return (m * _flat(mask)).sum(1) / np.maximum(m.sum(1), 1e-30)
+
+
+def pointing_game(m, mask) -> np.ndarray:
+  """1 where the map's maximum falls inside the mask (Zhang et al. 2018)."""
+  idx = np.argmax(_flat(m), axis=1)
+  return _flat(mask)[np.arange(len(idx)), idx] > 0
+
+
+def top_fraction_iou(m, mask, fraction: float = 0.1) -> np.ndarray:
+  """IoU between the top ``fraction`` most salient pixels and the mask."""
+  f = _flat(m)
+  k = max(int(round(fraction * f.shape[1])), 1)
+  top = np.zeros_like(f, bool)
+  np.put_along_axis(top, _top_k_sets(m, k), True, axis=1)
+  gt = _flat(mask) > 0
+  return (top & gt).sum(1) / np.maximum((top | gt).sum(1), 1)
+
+
+def trivial_baselines(mask) -> dict:
+  """What a map that knows nothing scores: a uniform map's lesion energy (= the lesion's
+  area fraction) and the hit rate of a fixed point at the image centre."""
+  mask = np.asarray(mask)
+  h, w = mask.shape[1:3]
+  return {"uniform_lesion_energy": _flat(mask).mean(1),
+          "centre_pointing_game": mask[:, h // 2, w // 2] > 0}
+
+
+def deletion_insertion(logits_fn, x, maps, target, steps: int = 16, baseline: float = 0.0):
+  """Deletion and insertion curves and their AUCs (Petsiuk et al. 2018, RISE).
+
+  Deletion replaces the most salient pixels first by ``baseline`` and tracks the
+  target's probability (lower AUC = more faithful); insertion starts from the baseline
+  image and restores the most salient pixels first (higher AUC = more faithful).
+  jnp, jit-able; returns dict of (B,) AUCs and (B, steps + 1) curves.
+  """
+  b, h, w = maps.shape
+  order = jnp.argsort(-maps.reshape(b, -1), axis=1)
+  ranks = jnp.argsort(order, axis=1).reshape(b, h, w)      # 0 = most salient
+  fractions = jnp.linspace(0.0, 1.0, steps + 1)
+
+  def prob(images):
+    return jnp.take_along_axis(jax.nn.softmax(logits_fn(images), -1), target[:, None], 1)[:, 0]
+
+  def at(frac):
+    top = (ranks < jnp.round(frac * h * w))[..., None]
+    deleted = jnp.where(top, baseline, x)
+    inserted = jnp.where(top, x, baseline)
+    return prob(deleted), prob(inserted)
+
+  deletion, insertion = jax.lax.map(at, fractions)           # (steps + 1, B)
+  auc = lambda c: jnp.trapezoid(c, fractions, axis=0)
+  return {"deletion_auc": auc(deletion), "insertion_auc": auc(insertion),
+          "deletion_curve": deletion.T, "insertion_curve": insertion.T}
