@@ -52,6 +52,16 @@ def make_activation(name: str, beta: float = 10.0) -> Callable[[Array], Array]:
   raise ValueError(f"Unknown activation {name!r}; use 'relu' or 'softplus'.")
 
 
+def _pad3(dilation: int):
+  """Symmetric padding of a 3x3 convolution, as torchvision's ``padding=dilation``.
+
+  Flax's "SAME" pads a strided convolution asymmetrically (nothing at the top and left
+  of even-sized inputs), which puts the input gradient's energy in the top-left corner
+  of every saliency map and breaks the one-to-one mapping of torchvision weights.
+  """
+  return [(dilation, dilation), (dilation, dilation)]
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with an identity or projection shortcut (ResNet-18/34)."""
   filters: int
@@ -60,17 +70,21 @@ class BasicBlock(nn.Module):
   act: Callable
   strides: int = 1
   dilation: int = 1
+  last_scale_init: Any = nn.initializers.ones
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
     d = (self.dilation, self.dilation)
-    y = self.conv(self.filters, (3, 3), (self.strides,) * 2, kernel_dilation=d, name="conv1")(x)
+    y = self.conv(self.filters, (3, 3), (self.strides,) * 2, kernel_dilation=d,
+                  padding=_pad3(self.dilation), name="conv1")(x)
     y = self.act(self.norm(name="bn1")(y, use_running_average=not train))
-    y = self.conv(self.filters, (3, 3), kernel_dilation=d, name="conv2")(y)
-    y = self.norm(scale_init=nn.initializers.zeros, name="bn2")(y, use_running_average=not train)
+    y = self.conv(self.filters, (3, 3), kernel_dilation=d, padding=_pad3(self.dilation),
+                  name="conv2")(y)
+    y = self.norm(scale_init=self.last_scale_init, name="bn2")(y, use_running_average=not train)
     if x.shape[-1] != self.filters or self.strides != 1:
-      x = self.conv(self.filters, (1, 1), (self.strides,) * 2, name="downsample_conv")(x)
+      x = self.conv(self.filters, (1, 1), (self.strides,) * 2, padding="VALID",
+                    name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x, use_running_average=not train)
     return self.act(x + y)
 
@@ -83,6 +97,7 @@ class Bottleneck(nn.Module):
   act: Callable
   strides: int = 1
   dilation: int = 1
+  last_scale_init: Any = nn.initializers.ones
   expansion = 4
 
   @nn.compact
@@ -91,12 +106,13 @@ class Bottleneck(nn.Module):
     out = self.filters * self.expansion
     y = self.conv(self.filters, (1, 1), name="conv1")(x)
     y = self.act(self.norm(name="bn1")(y, use_running_average=not train))
-    y = self.conv(self.filters, (3, 3), (self.strides,) * 2, kernel_dilation=d, name="conv2")(y)
+    y = self.conv(self.filters, (3, 3), (self.strides,) * 2, kernel_dilation=d,
+                  padding=_pad3(self.dilation), name="conv2")(y)
     y = self.act(self.norm(name="bn2")(y, use_running_average=not train))
     y = self.conv(out, (1, 1), name="conv3")(y)
-    y = self.norm(scale_init=nn.initializers.zeros, name="bn3")(y, use_running_average=not train)
+    y = self.norm(scale_init=self.last_scale_init, name="bn3")(y, use_running_average=not train)
     if x.shape[-1] != out or self.strides != 1:
-      x = self.conv(out, (1, 1), (self.strides,) * 2, name="downsample_conv")(x)
+      x = self.conv(out, (1, 1), (self.strides,) * 2, padding="VALID", name="downsample_conv")(x)
       x = self.norm(name="downsample_bn")(x, use_running_average=not train)
     return self.act(x + y)
 
@@ -111,13 +127,15 @@ class Stage(nn.Module):
   act: Callable
   strides: int = 2
   dilation: int = 1
+  zero_init_residual: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
+    scale_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     for i in range(self.num_blocks):
       x = self.block(self.filters, self.conv, self.norm, self.act,
                      strides=self.strides if i == 0 else 1, dilation=self.dilation,
-                     name=f"block{i}")(x, train)
+                     last_scale_init=scale_init, name=f"block{i}")(x, train)
     return x
 
 
@@ -165,6 +183,10 @@ class ResNet(nn.Module):
     dtype: compute dtype (float32 or bfloat16); parameters stay float32.
     bn_axis_name: axis for cross-replica BatchNorm statistics inside a data-parallel
       step (``"batch"``); None outside one.
+    zero_init_residual: start each block's last BatchNorm scale at 0 (Goyal et al. 2017).
+      Off by default, as in torchvision: with it, an under-trained network sees the
+      input only through the strided 1x1 shortcuts, which sample the top-left pixel of
+      every 2x2 cell, and its gradient maps pile up in the image's top-left corner.
   """
   stage_sizes: Sequence[int]
   block: Any
@@ -180,6 +202,7 @@ class ResNet(nn.Module):
   softplus_beta: float = 10.0
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None
+  zero_init_residual: bool = False
 
   def setup(self):
     if self.cam_layer not in CAM_LAYERS:
@@ -196,7 +219,8 @@ class ResNet(nn.Module):
       dilated = self.cam_layer == "dilated" and i == last
       setattr(self, f"stage{i + 1}", Stage(
           self.block, n, self.width * 2**i, conv, norm, act,
-          strides=1 if i == 0 or dilated else 2, dilation=2 if dilated else 1))
+          strides=1 if i == 0 or dilated else 2, dilation=2 if dilated else 1,
+          zero_init_residual=self.zero_init_residual))
     self.fc = nn.Dense(self.num_classes, dtype=self.dtype)
     if self.seg_head:
       self.decoder = SegmentationDecoder(self.decoder_channels, conv, norm, act)

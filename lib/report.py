@@ -162,3 +162,34 @@ def plot_adversarial_examples(arrays, examples: dict, class_names, path: str,
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def plot_explanations(arrays, maps: dict, class_names, path: str) -> None:
+  """Rows of images: the image with the lesion contour, then each method's map over it."""
+  plt = _plt()
+  methods = list(maps)
+  n = len(next(iter(maps.values())))
+  fig, axes = plt.subplots(n, len(methods) + 1, figsize=(1.9 * (len(methods) + 1), 1.95 * n),
+                           squeeze=False)
+  for i in range(n):
+    image = arrays["image"][i].astype(np.float32) / 255.0
+    mask = arrays["mask"][i]
+    axes[i, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
+    if mask.any():
+      axes[i, 0].contour(mask, [0.5], colors="lime", linewidths=0.7)
+    axes[i, 0].set_title(f"{arrays['id'][i]}\n{class_names[arrays['label'][i]]}", fontsize=6)
+    for j, method in enumerate(methods):
+      m = maps[method][i]
+      hi = np.percentile(m, 99.5)
+      ax = axes[i, j + 1]
+      ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+      ax.imshow(np.clip(m / max(hi, 1e-12), 0, 1), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+      if mask.any():
+        ax.contour(mask, [0.5], colors="white", linewidths=0.5)
+      if i == 0:
+        ax.set_title(method.replace("_", " "), fontsize=7)
+  for a in axes.flat:
+    a.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

@@ -1,0 +1,35 @@
+"""Explanation maps and their quality for train.py runs.
+
+  python explain.py --config=configs/explain.py \
+      --config.checkpoints=runs/busi_mtl_cpu,runs/busi_baseline_cpu --workdir=runs/explain
+
+``:quick`` (the demo) computes the cheap methods on a few images.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = ""):
+  c = ml_collections.ConfigDict()
+  c.checkpoints = ""
+  c.which = "best"
+  c.split = "test"
+  c.methods = ("gradient", "gradient_x_input", "smoothgrad", "vargrad", "integrated_gradients",
+               "grad_cam", "grad_cam_pp")
+  c.smoothgrad_samples = 16
+  c.smoothgrad_sigma = 0.1        # pixel units (data range 1)
+  c.ig_steps = 32
+  c.faithfulness = True           # deletion / insertion AUCs
+  c.deletion_steps = 16
+  c.top_fraction = 0.1
+  c.batch_size = 16
+  c.max_images = 0
+  c.figure_images = 6
+  c.seed = 0
+  if variant == "quick":
+    c.methods = ("gradient", "smoothgrad", "grad_cam", "grad_cam_pp")
+    c.smoothgrad_samples = 8
+    c.max_images = 64
+  elif variant:
+    raise ValueError(f"Unknown variant {variant!r}; use ':quick' or nothing.")
+  return c
