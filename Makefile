@@ -19,8 +19,11 @@ demo: $(STAMP)
 	$(BIN)/python train.py --config=configs/default.py --workdir=$(WORKDIR)
 	$(BIN)/python attack.py --config=configs/attack_sweep.py:quick --config.checkpoints=$(WORKDIR) \
 	    --workdir=$(WORKDIR)/attack
+	$(BIN)/python explain.py --config=configs/explain.py:quick --config.checkpoints=$(WORKDIR) \
+	    --workdir=$(WORKDIR)/explain
 	@echo "Demo outputs in $(WORKDIR): report.md, training_curves.png, test_predictions.png;"
-	@echo "attack sweep in $(WORKDIR)/attack: report.md, results.csv, accuracy_vs_eps.png, examples_*.png"
+	@echo "attack sweep in $(WORKDIR)/attack: report.md, results.csv, accuracy_vs_eps.png, examples_*.png;"
+	@echo "explanations in $(WORKDIR)/explain: report.md, summary.csv, maps_*.png"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
