@@ -62,8 +62,8 @@ def _pad3(dilation: int):
   return [(dilation, dilation), (dilation, dilation)]
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convolutions with an identity or projection shortcut (ResNet-18/34)."""
+class _Block(nn.Module):
+  """Fields shared by the residual blocks."""
   filters: int
   conv: Any
   norm: Any
@@ -71,6 +71,10 @@ class BasicBlock(nn.Module):
   strides: int = 1
   dilation: int = 1
   last_scale_init: Any = nn.initializers.ones
+
+
+class BasicBlock(_Block):
+  """Two 3x3 convolutions with an identity or projection shortcut (ResNet-18/34)."""
   expansion = 1
 
   @nn.compact
@@ -89,15 +93,8 @@ class BasicBlock(nn.Module):
     return self.act(x + y)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
   """1x1 -> 3x3 (strided) -> 1x1 with 4x expansion (ResNet-50/101)."""
-  filters: int
-  conv: Any
-  norm: Any
-  act: Callable
-  strides: int = 1
-  dilation: int = 1
-  last_scale_init: Any = nn.initializers.ones
   expansion = 4
 
   @nn.compact

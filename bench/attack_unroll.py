@@ -1,0 +1,66 @@
+"""PGD-10 with the attack loop rolled vs unrolled (the XLA:CPU loop-body pitfall).
+
+  .venv/bin/python bench/attack_unroll.py [--arch resnet18 --size 128 --batch 8]
+
+Times compile and run of ``attacks.pgd`` on a randomly initialised ResNet, median of a
+few runs after warm-up, for unroll = 1 (rolled scan), the library default and full
+unroll; prints a markdown table and appends it as JSON to bench/results_unroll.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from lib import attacks, models  # noqa: E402
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--arch", default="resnet18")
+  p.add_argument("--size", type=int, default=128)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--repeats", type=int, default=3)
+  args = p.parse_args()
+  model = models.ARCHITECTURES[args.arch]()
+  variables = models.init_variables(model, 0, args.size)
+  fns = models.model_fns(model, variables)
+  x = np.random.default_rng(0).uniform(size=(args.batch, args.size, args.size, 1)).astype(np.float32)
+  y = np.zeros(args.batch, np.int32)
+  rows = []
+  for label, unroll in (("rolled (unroll=1)", 1), ("default", None), ("unrolled", args.steps)):
+    fn = jax.jit(lambda x, y, eps: attacks.pgd(fns.logits_fn, x, y, eps=eps, step_size=eps / 4,
+                                               steps=args.steps, unroll=unroll))
+    t0 = time.time()
+    jax.block_until_ready(fn(x, y, 0.004))
+    compile_s = time.time() - t0
+    times = []
+    for _ in range(args.repeats):
+      t0 = time.time()
+      jax.block_until_ready(fn(x, y, 0.004))
+      times.append(time.time() - t0)
+    rows.append({"variant": label, "unroll": unroll or attacks.default_unroll(args.steps),
+                 "compile_plus_first_s": compile_s, "median_s": statistics.median(times)})
+  print(f"PGD-{args.steps}, {args.arch} at {args.size} px, batch {args.batch}, "
+        f"{jax.default_backend()} ({os.cpu_count()} cores), jax {jax.__version__}\n")
+  print("| variant | unroll | first call (s) | median (s) |\n|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['variant']} | {r['unroll']} | {r['compile_plus_first_s']:.1f} | {r['median_s']:.2f} |")
+  out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_unroll.json")
+  record = {"args": vars(args), "backend": jax.default_backend(), "jax": jax.__version__,
+            "machine": platform.machine(), "cores": os.cpu_count(), "rows": rows}
+  history = json.load(open(out)) if os.path.exists(out) else []
+  json.dump(history + [record], open(out, "w"), indent=2)
+
+
+if __name__ == "__main__":
+  main()
