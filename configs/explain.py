@@ -14,6 +14,7 @@ def get_config(variant: str = ""):
   c.checkpoints = ""
   c.which = "best"
   c.split = "test"
+  c.target = "pred"               # pred (the predicted class) | label (the true class)
   c.methods = ("gradient", "gradient_x_input", "smoothgrad", "vargrad", "integrated_gradients",
                "grad_cam", "grad_cam_pp")
   c.smoothgrad_samples = 16

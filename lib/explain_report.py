@@ -27,11 +27,17 @@ SUMMARY_COLUMNS = ("model", "method", "images_per_s", "lesion_energy", "pointing
 
 
 def compile_method(model, method: str, config):
-  """``(variables, x, key) -> (maps, deletion/insertion)`` jitted for one method."""
+  """``(variables, x, labels, key) -> (maps, deletion/insertion)`` jitted for one method;
+  the explained class is the prediction (``config.target="pred"``) or the label."""
 
-  def run(variables, x, key):
+  def run(variables, x, labels, key):
     fns = models.model_fns(model, variables)
-    target = saliency.predicted_class(fns.logits_fn, x)
+    if config.target == "label":
+      target = labels
+    elif config.target == "pred":
+      target = saliency.predicted_class(fns.logits_fn, x)
+    else:
+      raise ValueError(f"target must be 'pred' or 'label', got {config.target!r}")
     maps = saliency.explain(method, fns, x, target, key=key,
                             smoothgrad_samples=config.smoothgrad_samples,
                             smoothgrad_sigma=config.smoothgrad_sigma, ig_steps=config.ig_steps)
@@ -63,7 +69,7 @@ def explain_checkpoint(workdir_ckpt: str, config):
   has_masks = data.DATASETS[train_config.data.name].has_masks
   n, bs = len(arrays["label"]), config.batch_size
   key = jax.random.PRNGKey(config.seed)
-  per_method, maps_for_figure, timing = {}, {}, {}
+  per_method, all_maps, timing = {}, {}, {}
   for method in config.methods:
     fn = compile_method(model, method, config)
     chunks, faiths = [], []
@@ -72,7 +78,8 @@ def explain_checkpoint(workdir_ckpt: str, config):
       idx = np.minimum(np.arange(start, start + bs), n - 1)
       x = data.to_model_input(arrays["image"][idx], train_config.model.in_channels)
       t0 = time.time()
-      maps, faith = jax.block_until_ready(fn(variables, x, jax.random.fold_in(key, start)))
+      maps, faith = jax.block_until_ready(
+          fn(variables, x, arrays["label"][idx], jax.random.fold_in(key, start)))
       if b > 0 or n <= bs:  # the first call compiles
         t_total += time.time() - t0
         images_timed += bs
@@ -83,10 +90,10 @@ def explain_checkpoint(workdir_ckpt: str, config):
     for k in faiths[0]:
       q[k] = np.concatenate([f[k] for f in faiths])[:n]
     per_method[method] = q
-    maps_for_figure[method] = maps[:config.figure_images]
+    all_maps[method] = maps
     timing[method] = images_timed / t_total if t_total > 0 else float("nan")
     logging.info("%s: %s %.1f images/s", os.path.basename(workdir_ckpt), method, timing[method])
-  return train_config, arrays, has_masks, per_method, maps_for_figure, timing
+  return train_config, arrays, has_masks, per_method, all_maps, timing
 
 
 def summarise(model_name, per_method, timing, arrays, has_masks) -> list[dict]:
@@ -107,22 +114,59 @@ def summarise(model_name, per_method, timing, arrays, has_masks) -> list[dict]:
   return rows
 
 
+def compare_models(results: dict, metrics_to_compare=("lesion_energy", "total_variation", "gini",
+                                                     "entropy")) -> list[dict]:
+  """Per method and metric: each model's mean with a bootstrap 95 % CI, and the paired
+  difference to the first model (same images resampled together)."""
+  names = list(results)
+  rows = []
+  if not names:
+    return rows
+  ref = names[0]
+  for method in results[ref]["per_method"]:
+    for metric in metrics_to_compare:
+      if metric not in results[ref]["per_method"][method]:
+        continue
+      base = results[ref]["per_method"][method][metric]
+      for name in names:
+        vals = results[name]["per_method"][method][metric]
+        mean, lo, hi = metrics.bootstrap_ci(vals)
+        row = {"method": method, "metric": metric, "model": name, "mean": mean,
+               "ci_low": lo, "ci_high": hi}
+        if name != ref and len(vals) == len(base):
+          d, dlo, dhi = metrics.bootstrap_ci(vals, paired_with=base)
+          row.update({f"diff_vs_{ref}": d, "diff_ci_low": dlo, "diff_ci_high": dhi})
+        rows.append(row)
+  return rows
+
+
 def run_explain(config, workdir: str) -> list[dict]:
   os.makedirs(workdir, exist_ok=True)
   checkpoints = [c for c in str(config.checkpoints).split(",") if c]
   if not checkpoints:
     raise ValueError("No checkpoints: pass --config.checkpoints=RUN1,RUN2 (train.py work dirs).")
-  rows, per_image = [], []
+  rows, per_image, results = [], [], {}
   for ckpt in checkpoints:
     name = os.path.basename(os.path.normpath(ckpt))
     train_config, arrays, has_masks, per_method, maps, timing = explain_checkpoint(ckpt, config)
+    results[name] = {"arrays": arrays, "maps": maps, "per_method": per_method,
+                     "class_names": data.class_names(train_config.data)}
     rows += summarise(name, per_method, timing, arrays, has_masks)
     for method, q in per_method.items():
       for i, ident in enumerate(arrays["id"]):
         per_image.append({"model": name, "method": method, "id": ident,
                           "label": int(arrays["label"][i]), **{k: float(v[i]) for k, v in q.items()}})
-    report.plot_explanations(arrays, maps, data.class_names(train_config.data),
+    np.savez_compressed(os.path.join(workdir, f"maps_{name}.npz"), ids=np.asarray(arrays["id"]),
+                        **{m: v.astype(np.float16) for m, v in maps.items()})
+    k = config.figure_images
+    report.plot_explanations({key: v[:k] for key, v in arrays.items()},
+                             {m: v[:k] for m, v in maps.items()}, results[name]["class_names"],
                              os.path.join(workdir, f"maps_{name}.png"))
+  if len(results) > 1:
+    report.plot_model_comparison(results, os.path.join(workdir, "compare_models.png"),
+                                 config.figure_images)
+  comparison = compare_models(results)
+  comparison_table = report.write_table(comparison, os.path.join(workdir, "comparison"))
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(rows, f, indent=2)
   report.write_table(per_image, os.path.join(workdir, "per_image"))
@@ -135,6 +179,8 @@ def run_explain(config, workdir: str) -> list[dict]:
             "total variation (lower = smoother), Gini (higher = sparser), entropy (lower = "
             "more concentrated), deletion AUC (lower = more faithful), insertion AUC (higher = "
             "more faithful). The baseline rows are what a map that knows nothing scores.\n\n"
-            f"{table}\n" + "".join(f"![maps](maps_{os.path.basename(os.path.normpath(c))}.png)\n"
-                                   for c in checkpoints))
+            f"{table}\n## Models compared (mean, bootstrap 95 % CI over images; paired "
+            f"differences to the first model)\n\n{comparison_table}\n"
+            + ("![models compared](compare_models.png)\n" if len(results) > 1 else "")
+            + "".join(f"![maps](maps_{n}.png)\n" for n in results))
   return rows

@@ -262,3 +262,23 @@ def deletion_insertion(logits_fn, x, maps, target, steps: int = 16, baseline: fl
   auc = lambda c: jnp.trapezoid(c, fractions, axis=0)
   return {"deletion_auc": auc(deletion), "insertion_auc": auc(insertion),
           "deletion_curve": deletion.T, "insertion_curve": insertion.T}
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+
+def bootstrap_ci(values, *, paired_with=None, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95):
+  """Mean (or mean difference ``values - paired_with``, resampling the same images) and
+  its percentile bootstrap confidence interval (Efron & Tibshirani 1993).
+  Returns ``(estimate, low, high)``."""
+  v = np.asarray(values, np.float64)
+  if paired_with is not None:
+    v = v - np.asarray(paired_with, np.float64)
+  v = v[np.isfinite(v)]
+  if len(v) == 0:
+    return float("nan"), float("nan"), float("nan")
+  rng = np.random.default_rng(seed)
+  means = v[rng.integers(0, len(v), (n_boot, len(v)))].mean(axis=1)
+  a = (1 - level) / 2
+  return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))

@@ -56,7 +56,9 @@ def write_table(rows: Sequence[dict], path_stem: str, columns: Optional[Sequence
   """Writes rows as ``<stem>.csv`` and ``<stem>.md``; returns the markdown."""
   if not rows:
     return ""
-  columns = list(columns or rows[0].keys())
+  if columns is None:  # every key, in order of first appearance
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+  columns = list(columns)
   with open(path_stem + ".csv", "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
@@ -164,32 +166,51 @@ def plot_adversarial_examples(arrays, examples: dict, class_names, path: str,
   plt.close(fig)
 
 
-def plot_explanations(arrays, maps: dict, class_names, path: str) -> None:
-  """Rows of images: the image with the lesion contour, then each method's map over it."""
+def _overlay(ax, image, mask, saliency_map=None) -> None:
+  """Image in grey, the map in 'jet' (clipped at its 99.5th percentile), lesion contour."""
+  ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+  if saliency_map is not None:
+    hi = max(np.percentile(saliency_map, 99.5), 1e-12)
+    ax.imshow(np.clip(saliency_map / hi, 0, 1), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+  if mask.any():
+    ax.contour(mask, [0.5], colors="lime" if saliency_map is None else "white",
+               linewidths=0.7 if saliency_map is None else 0.5)
+
+
+def plot_map_grid(rows, path: str) -> None:
+  """One figure row per ``(title, image, mask, {method: map})``: the image with the lesion
+  contour, then each method's map over it."""
   plt = _plt()
-  methods = list(maps)
-  n = len(next(iter(maps.values())))
-  fig, axes = plt.subplots(n, len(methods) + 1, figsize=(1.9 * (len(methods) + 1), 1.95 * n),
-                           squeeze=False)
-  for i in range(n):
-    image = arrays["image"][i].astype(np.float32) / 255.0
-    mask = arrays["mask"][i]
-    axes[i, 0].imshow(image, cmap="gray", vmin=0, vmax=1)
-    if mask.any():
-      axes[i, 0].contour(mask, [0.5], colors="lime", linewidths=0.7)
-    axes[i, 0].set_title(f"{arrays['id'][i]}\n{class_names[arrays['label'][i]]}", fontsize=6)
+  methods = list(rows[0][3])
+  fig, axes = plt.subplots(len(rows), len(methods) + 1,
+                           figsize=(1.9 * (len(methods) + 1), 1.95 * len(rows)), squeeze=False)
+  for r, (title, image, mask, maps) in enumerate(rows):
+    _overlay(axes[r, 0], image, mask)
+    axes[r, 0].set_title(title, fontsize=6)
     for j, method in enumerate(methods):
-      m = maps[method][i]
-      hi = np.percentile(m, 99.5)
-      ax = axes[i, j + 1]
-      ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-      ax.imshow(np.clip(m / max(hi, 1e-12), 0, 1), cmap="jet", alpha=0.45, vmin=0, vmax=1)
-      if mask.any():
-        ax.contour(mask, [0.5], colors="white", linewidths=0.5)
-      if i == 0:
-        ax.set_title(method.replace("_", " "), fontsize=7)
+      _overlay(axes[r, j + 1], image, mask, maps[method])
+      if r == 0:
+        axes[r, j + 1].set_title(method.replace("_", " "), fontsize=7)
   for a in axes.flat:
     a.axis("off")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def plot_explanations(arrays, maps: dict, class_names, path: str) -> None:
+  """Rows of images of one model: the image with the lesion contour, then each map."""
+  n = len(next(iter(maps.values())))
+  plot_map_grid([(f"{arrays['id'][i]}\n{class_names[arrays['label'][i]]}",
+                  arrays["image"][i].astype(np.float32) / 255.0, arrays["mask"][i],
+                  {m: v[i] for m, v in maps.items()}) for i in range(n)], path)
+
+
+def plot_model_comparison(results: dict, path: str, n_images: int = 4) -> None:
+  """For the first ``n_images`` images: one row per (image, model), one column per method."""
+  names = list(results)
+  arrays = results[names[0]]["arrays"]
+  n = min(n_images, len(arrays["label"]))
+  plot_map_grid([(f"{arrays['id'][i]}\n{name}", arrays["image"][i].astype(np.float32) / 255.0,
+                  arrays["mask"][i], {m: v[i] for m, v in results[name]["maps"].items()})
+                 for i in range(n) for name in names], path)

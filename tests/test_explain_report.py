@@ -1,6 +1,7 @@
 """explain.py's job end to end on the trained tiny model."""
 
 import os
+import shutil
 
 import numpy as np
 
@@ -31,3 +32,30 @@ def test_explain_writes_tables_figures_and_baselines(trained, tmp_path):
     r = methods[m]
     assert 0 <= r["lesion_energy"] <= 1 and 0 <= r["gini"] <= 1 and 0 <= r["entropy"] <= 1
     assert 0 <= r["deletion_auc"] <= 1 and r["images_per_s"] > 0
+
+
+def test_models_are_compared_with_paired_bootstrap_intervals(trained, tmp_path):
+  twin = str(tmp_path / "twin")
+  shutil.copytree(trained[4], twin)
+  c = explain_config.get_config("quick")
+  c.checkpoints = f"{trained[4]},{twin}"
+  c.max_images = 8
+  c.batch_size = 8
+  c.figure_images = 2
+  c.methods = ("grad_cam",)
+  explain_report.run_explain(c, str(tmp_path / "out"))
+  assert os.path.getsize(tmp_path / "out" / "compare_models.png") > 0
+  rows = list(__import__("csv").DictReader(open(tmp_path / "out" / "comparison.csv")))
+  twin_rows = [r for r in rows if r["model"] == "twin"]
+  assert twin_rows and all(float(r[f"diff_vs_{os.path.basename(trained[4])}"]) == 0.0 for r in twin_rows)
+  maps = np.load(tmp_path / "out" / "maps_twin.npz")
+  assert maps["grad_cam"].shape[0] == 8
+
+
+def test_bootstrap_interval_contains_the_mean():
+  from lib import metrics
+  v = np.random.default_rng(0).normal(1.0, 1.0, 200)
+  mean, lo, hi = metrics.bootstrap_ci(v)
+  assert lo < mean < hi and hi - lo < 0.5 and abs(mean - v.mean()) < 1e-12
+  d, dlo, dhi = metrics.bootstrap_ci(v + 2.0, paired_with=v)
+  assert d == dlo == dhi == 2.0
