@@ -4,7 +4,8 @@
       --config.checkpoints=runs/busi_mtl_cpu,runs/busi_baseline_cpu --workdir=runs/sweep
 
 Each entry of ``attacks`` names an attack of lib/attacks.py; the step size is
-``step_size_factor * eps``. ``:quick`` is a small grid (FGSM and PGD-10) for the demo.
+``step_size_factor * eps``. ``:quick`` is a small grid (FGSM and PGD-10) for the demo,
+``:cpu`` the grid used for the BUSI ResNet-18 models on 2 CPU cores.
 """
 
 import ml_collections
@@ -36,6 +37,10 @@ def get_config(variant: str = ""):
   if variant == "quick":
     c.eps = (0.0, 0.002, 0.004, 0.008)
     c.attacks = [attack("fgsm"), attack("pgd", steps=10, step_size_factor=0.25)]
+  elif variant == "cpu":  # the BUSI ResNet-18 models on 2 CPU cores (~15 min per model)
+    c.eps = (0.0, 0.001, 0.002, 0.004, 0.008)
+    c.attacks = [attack("noise"), attack("fgsm"), attack("pgd", steps=10, step_size_factor=0.25),
+                 attack("apgd", steps=20, loss="ce")]
   elif variant:
-    raise ValueError(f"Unknown variant {variant!r}; use ':quick' or nothing.")
+    raise ValueError(f"Unknown variant {variant!r}; use ':quick', ':cpu' or nothing.")
   return c
