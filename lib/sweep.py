@@ -18,6 +18,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -32,8 +33,10 @@ def make_attack(spec) -> Callable:
   """``(logits_fn, x, y, eps, key) -> x_adv`` from a config entry of ``attacks``.
 
   ``spec.name`` is one of :data:`lib.attacks.ATTACKS`; the step size is
-  ``spec.step_size_factor * eps`` (so it scales with the traced eps).
+  ``spec.step_size_factor * eps`` (so it scales with the traced eps). ``spec`` may be a
+  plain dict (as parsed from ``--config.attacks="[{'name': 'pgd', 'steps': 10}]"``).
   """
+  spec = ml_collections.ConfigDict(dict(spec))
   name = spec.name
   fn = attacks.ATTACKS[name]
   kw = dict(norm=spec.get("norm", "linf"))
@@ -60,6 +63,7 @@ def make_attack(spec) -> Callable:
 
 
 def attack_label(spec) -> str:
+  spec = ml_collections.ConfigDict(dict(spec))
   parts = [spec.name]
   if spec.get("steps") and spec.name != "fgsm":
     parts.append(str(spec.steps))
