@@ -62,19 +62,18 @@ def test_smoothgrad_with_sigma_zero_is_the_gradient():
   np.testing.assert_allclose(var, 0.0, atol=1e-10)
 
 
-@pytest.fixture(scope="module")
-def softplus_model():
-  m = models.ResNetTiny(activation="softplus", softplus_beta=5.0, cam_layer="penultimate")
-  return models.model_fns(m, models.init_variables(m, 0, 32))
-
-
-def test_grad_flows_through_grad_cam_and_smoothgrad(softplus_model):
-  fns = softplus_model
-  x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 1))
+def test_grad_flows_through_grad_cam_and_smoothgrad(trained):
+  """The softplus surrogate of the trained tiny model (same weights, smooth activation)."""
+  from lib import experiment
+  model, variables, x, _, workdir = trained
+  config = experiment.load_config(workdir)
+  fns = models.model_fns(experiment.build_model(config, activation="softplus"), variables)
+  x = jnp.asarray(x[:4])
   t = jnp.argmax(fns.logits_fn(x), -1)
   cam_loss = lambda xx: saliency.grad_cam(fns.features_fn, fns.head_fn, xx, t).sum()
   sg_loss = lambda xx: saliency.smoothgrad(fns.logits_fn, xx, t, key=jax.random.PRNGKey(0),
                                            samples=2, sigma=0.05).sum()
+  assert float(cam_loss(x)) > 0  # the predicted class's CAM is not all cut by the ReLU
   for loss in (cam_loss, sg_loss):
     g = np.asarray(jax.jit(jax.grad(loss))(x))
     assert np.isfinite(g).all() and np.abs(g).max() > 0
