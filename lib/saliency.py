@@ -21,6 +21,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from lib import attacks
+
 Array = jax.Array
 _TINY = 1e-12
 
@@ -101,9 +103,8 @@ def integrated_gradients(logits_fn, x, target=None, *, steps: int = 64,
 
   # Unrolled on CPU (XLA:CPU runs convolution gradients in a rolled loop body ~10x slower,
   # DESIGN.md); the loop has only (steps + 1) / batch_points iterations.
-  from lib.attacks import default_unroll
   total, _ = jax.lax.scan(body, jnp.zeros_like(x), (alphas, weights),
-                          unroll=default_unroll(alphas.shape[0]))
+                          unroll=attacks.default_unroll(alphas.shape[0]))
   return (x - baseline) * total
 
 
