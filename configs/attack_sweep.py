@@ -3,9 +3,15 @@
   python attack.py --config=configs/attack_sweep.py \
       --config.checkpoints=runs/busi_mtl_cpu,runs/busi_baseline_cpu --workdir=runs/sweep
 
-Each entry of ``attacks`` names an attack of lib/attacks.py; the step size is
-``step_size_factor * eps``. ``:quick`` is a small grid (FGSM and PGD-10) for the demo,
-``:cpu`` the grid used for the BUSI ResNet-18 models on 2 CPU cores.
+Each entry of ``attacks`` names an attack of lib/attacks.py, or ``explanation`` for an
+attack of lib/explanation_attacks.py (``method``, ``objective``, ``mode``...); the step size
+is ``step_size_factor * eps``; an entry's own ``eps`` tuple restricts it to those eps.
+Every cell also measures how much the explanation (``map_method`` for class attacks, the
+attacked method for explanation attacks) changed.
+
+``:quick`` is a small grid (FGSM, PGD-10 and a Grad-CAM ``keep`` attack at one eps) for
+the demo, ``:cpu`` the class attacks used for the BUSI ResNet-18 models on 2 CPU cores,
+``:explain`` the explanation attacks of the breast-ultrasound study on them.
 """
 
 import ml_collections
@@ -13,6 +19,12 @@ import ml_collections
 
 def attack(name, **kw):
   return ml_collections.ConfigDict(dict(name=name, **kw))
+
+
+def explanation(method="grad_cam", objective="dissimilarity", mode="keep", steps=30, **kw):
+  """An explanation attack (lib/explanation_attacks.py) as an ``attacks`` entry."""
+  kw.setdefault("step_size_factor", 0.1)
+  return attack("explanation", method=method, objective=objective, mode=mode, steps=steps, **kw)
 
 
 def get_config(variant: str = ""):
@@ -36,13 +48,30 @@ def get_config(variant: str = ""):
   c.seed = 0
   c.figure_examples = 4            # images per example figure (0: none)
   c.figure_eps = 0.004
+  c.map_metrics = True             # measure the change of the explanation in every cell
+  c.map_method = "grad_cam"        # ... of this method, for class attacks
+  c.top_k = 0.05                   # top-k intersection: k as a fraction of the pixels
   if variant == "quick":
     c.eps = (0.0, 0.002, 0.004, 0.008)
-    c.attacks = (attack("fgsm"), attack("pgd", steps=10, step_size_factor=0.25))
+    c.attacks = (attack("fgsm"), attack("pgd", steps=10, step_size_factor=0.25),
+                 explanation("grad_cam", mode="keep", steps=10, step_size_factor=0.25,
+                             eps=(0.008,)))
   elif variant == "cpu":  # the BUSI ResNet-18 models on 2 CPU cores (~15 min per model)
     c.eps = (0.0, 0.001, 0.002, 0.004, 0.008)
     c.attacks = (attack("noise"), attack("fgsm"), attack("pgd", steps=10, step_size_factor=0.25),
                  attack("apgd", steps=20, loss="ce"))
+  elif variant == "explain":  # the breast-ultrasound study's attacks on the BUSI ResNet-18s
+    c.eps = (0.002, 0.004, 0.008)
+    c.attacks = (
+        attack("pgd", steps=10, step_size_factor=0.25),
+        explanation("grad_cam", mode="keep"),
+        explanation("grad_cam", mode="flip"),
+        explanation("grad_cam", "top_k", eps=(0.004,)),
+        explanation("grad_cam", "center_of_mass", eps=(0.004,)),
+        explanation("grad_cam", "targeted", eps=(0.004,)),
+        explanation("gradient", mode="keep", surrogate=True, beta=10.0, eps=(0.004,)),
+    )
+    c.figure_eps = 0.004
   elif variant:
-    raise ValueError(f"Unknown variant {variant!r}; use ':quick', ':cpu' or nothing.")
+    raise ValueError(f"Unknown variant {variant!r}; use ':quick', ':cpu', ':explain' or nothing.")
   return c

@@ -43,7 +43,7 @@ Array = jax.Array
 LossFn = Callable[[Array], Array]
 
 NORMS = ("linf", "l2")
-STEP_RULES = ("sign", "normalized", "momentum", "apgd")
+STEP_RULES = ("sign", "normalized", "momentum", "adam", "apgd")
 _TINY = 1e-12
 
 
@@ -169,27 +169,39 @@ def projected_gradient(loss_fn: LossFn, x: Array, *, eps, step_size, steps: int,
                        norm: str = "linf", step_rule: str = "sign", random_init: bool = False,
                        key: Optional[Array] = None, restarts: int = 1, momentum: float = 1.0,
                        keep_best: bool = True, success_fn: Optional[Callable] = None,
-                       unroll: Optional[int] = None) -> Array:
+                       has_aux: bool = False, progress_arg: bool = False,
+                       step_schedule: str = "constant", unroll: Optional[int] = None) -> Array:
   """Maximises ``loss_fn`` (per-example, (B,)) over the eps-ball around ``x``.
 
   Args:
     loss_fn: ``x_adv -> (B,)`` losses to maximise (each example's loss must depend on
-      that example only; true of any model in eval mode).
+      that example only; true of any model in eval mode). With ``has_aux`` it returns
+      ``(loss, score, feasible)``: the gradient follows ``loss``, while the returned
+      iterate is each example's best by ``(feasible, score)`` in lexicographic order, the
+      clean image ``x`` included as a candidate. Explanation attacks use this to return
+      only label-keeping images (``feasible``) ranked by the map dissimilarity of the real
+      model (``score``) while their gradient goes through a surrogate.
     x: clean images in [0, 1].
     eps, step_size: budget and step (scalars or per-example (B,) arrays; traced).
     steps: number of gradient steps (static).
     norm: "linf" or "l2".
     step_rule: "sign" (steepest ascent for the norm: FGSM/BIM/PGD), "normalized" (the
       same for L2; for L-inf the L2-normalised gradient), "momentum" (MI-FGSM with decay
-      ``momentum``), "apgd" (Croce & Hein's schedule; ``step_size`` is ignored, the
-      initial step is 2 eps).
+      ``momentum``), "adam" (Adam's bias-corrected m / sqrt(v) as the direction, the
+      image-space optimiser of Dombrowski et al. 2019), "apgd" (Croce & Hein's schedule;
+      ``step_size`` is ignored, the initial step is 2 eps).
     random_init: start uniformly in the ball instead of at ``x``.
     key: PRNG key for random starts.
     restarts: independent starts; per example the best (highest loss, or successful)
       result is kept.
     keep_best: return each example's best iterate (else the last one).
     success_fn: optional ``x_adv -> (B,) bool``; among restarts a successful result
-      beats an unsuccessful one before losses are compared.
+      beats an unsuccessful one before losses are compared (with ``has_aux`` the
+      ``feasible`` output plays this role).
+    has_aux: see ``loss_fn``.
+    progress_arg: ``loss_fn`` takes a second argument ``t = k / steps`` in [0, 1] (to
+      anneal something over the attack, e.g. a softplus surrogate's beta).
+    step_schedule: "constant" or "cosine" (the step decays from ``step_size`` to 0).
     unroll: loop unrolling (None: :func:`default_unroll`).
 
   Returns:
@@ -199,67 +211,110 @@ def projected_gradient(loss_fn: LossFn, x: Array, *, eps, step_size, steps: int,
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
   if step_rule not in STEP_RULES:
     raise ValueError(f"step_rule must be one of {STEP_RULES}, got {step_rule!r}")
+  if step_schedule not in STEP_SCHEDULES:
+    raise ValueError(f"step_schedule must be one of {STEP_SCHEDULES}, got {step_schedule!r}")
   if random_init and key is None:
     raise ValueError("random_init needs a PRNG key (key=jax.random.key(0)).")
+  if step_rule == "apgd" and (has_aux or progress_arg):
+    raise ValueError("step_rule='apgd' takes a plain loss (no has_aux / progress_arg).")
   unroll = default_unroll(steps) if unroll is None else unroll
   eps = jnp.asarray(eps, x.dtype)
   step_size = jnp.asarray(step_size, x.dtype)
-  value_and_grad = jax.value_and_grad(lambda xa: (lambda l: (l.sum(), l))(loss_fn(xa)), has_aux=True)
 
-  def loss_and_grad(xa):
-    (_, losses), g = value_and_grad(xa)
-    return losses, g
+  def objective(xa, t):
+    out = loss_fn(xa, t) if progress_arg else loss_fn(xa)
+    if has_aux:
+      return out
+    return out, out, jnp.ones(out.shape, bool)
+
+  def loss_grad_aux(xa, t):
+    """(loss, grad, score, feasible) at ``xa``."""
+    def total(z):
+      loss, score, feasible = objective(z, t)
+      return loss.sum(), (loss, score, feasible)
+    (_, (loss, score, feasible)), g = jax.value_and_grad(total, has_aux=True)(xa)
+    return loss, g, score, feasible
 
   def one_run(start_key):
     x0 = random_start(start_key, x, eps, norm) if random_init else x
     if step_rule == "apgd":
-      return _apgd(loss_and_grad, x, x0, eps, steps, norm, unroll)
-    return _pgd(loss_and_grad, x, x0, eps, step_size, steps, norm, step_rule, momentum,
-                keep_best, unroll)
+      best_x, best_loss = _apgd(lambda xa: loss_grad_aux(xa, 0.0)[:2], x, x0, eps, steps,
+                                norm, unroll)
+      feasible = success_fn(best_x) if success_fn is not None else jnp.ones(best_loss.shape, bool)
+      return best_x, best_loss, feasible
+    if has_aux:  # the clean image competes too: it keeps its label by definition
+      _, score, feasible = objective(x, 0.0)
+      init = (x, score, feasible)
+    else:
+      init = (x0, jnp.full((x.shape[0],), -jnp.inf, x.dtype), jnp.ones((x.shape[0],), bool))
+    best_x, best_score, best_feasible = _pgd(
+        loss_grad_aux, objective, x, x0, init, eps, step_size, steps, norm, step_rule,
+        momentum, keep_best, step_schedule, unroll)
+    if success_fn is not None and not has_aux:
+      best_feasible = success_fn(best_x)
+    return best_x, best_score, best_feasible
 
   # Restart r > 0 starts from fold_in(key, r): restart 0 is the single-start run, so more
   # restarts never do worse than one.
   keys = [key] + [jax.random.fold_in(key, r) if key is not None else None
                   for r in range(1, restarts)]
-  best_x, best_loss = one_run(keys[0])
+  best = one_run(keys[0])
   for r in range(1, restarts):  # few restarts: a Python loop keeps the body unrolled
-    cand_x, cand_loss = one_run(keys[r])
-    better = cand_loss > best_loss
-    if success_fn is not None:
-      s_new, s_old = success_fn(cand_x), success_fn(best_x)
-      better = (s_new & ~s_old) | ((s_new == s_old) & better)
-    best_x = jnp.where(_broadcast(better, x), cand_x, best_x)
-    best_loss = jnp.where(better, cand_loss, best_loss)
-  return best_x
+    cand = one_run(keys[r])
+    better = _lexicographic_better(cand[2], cand[1], best[2], best[1])
+    best = tuple(jnp.where(_broadcast(better, c), c, b) for c, b in zip(cand, best))
+  return best[0]
 
 
-def _pgd(loss_and_grad, x, x0, eps, step_size, steps, norm, step_rule, mu, keep_best, unroll):
-  """FGSM / BIM / PGD / MI-FGSM iterations; returns (x_adv, its loss)."""
-  alpha = _broadcast(step_size, x)
+STEP_SCHEDULES = ("constant", "cosine")
 
-  def body(carry, _):
-    xa, m, bx, bl = carry
-    losses, g = loss_and_grad(xa)
-    better = losses > bl
+
+def _lexicographic_better(feasible, score, best_feasible, best_score):
+  """A feasible candidate beats an infeasible one; otherwise the higher score wins."""
+  return (feasible & ~best_feasible) | ((feasible == best_feasible) & (score > best_score))
+
+
+def _pgd(loss_grad_aux, objective, x, x0, init, eps, step_size, steps, norm, step_rule, mu,
+         keep_best, step_schedule, unroll, adam_b1=0.9, adam_b2=0.999):
+  """FGSM / BIM / PGD / MI-FGSM / Adam iterations; returns (x_adv, score, feasible)."""
+
+  def body(carry, k):
+    xa, m, v, bx, bs, bf = carry
+    t = k.astype(x.dtype) / steps
+    _, g, score, feasible = loss_grad_aux(xa, t)
+    better = _lexicographic_better(feasible, score, bf, bs)
     bx = jnp.where(_broadcast(better, x), xa, bx)
-    bl = jnp.maximum(losses, bl)
+    bs = jnp.where(better, score, bs)
+    bf = jnp.where(better, feasible, bf)
     if step_rule == "momentum":  # MI-FGSM: accumulate L1-normalised gradients
       m = mu * m + g / jnp.maximum(_per_example(lambda a, axis: jnp.abs(a).sum(axis=axis), g), _TINY)
       direction = _ascent_direction(m, norm)
+    elif step_rule == "adam":
+      m = adam_b1 * m + (1 - adam_b1) * g
+      v = adam_b2 * v + (1 - adam_b2) * g ** 2
+      kk = k.astype(x.dtype) + 1
+      direction = (m / (1 - adam_b1 ** kk)) / (jnp.sqrt(v / (1 - adam_b2 ** kk)) + 1e-12)
+      if norm == "l2":
+        direction = _ascent_direction(direction, "l2")
     elif step_rule == "normalized":
       direction = _ascent_direction(g, "l2")
     else:
       direction = _ascent_direction(g, norm)
+    alpha = _broadcast(step_size, x)
+    if step_schedule == "cosine":
+      alpha = alpha * 0.5 * (1 + jnp.cos(jnp.pi * t))
     xa = project(x, xa + alpha * direction, eps, norm)
-    return (xa, m, bx, bl), None
+    return (xa, m, v, bx, bs, bf), None
 
-  init = (x0, jnp.zeros_like(x), x0, jnp.full((x.shape[0],), -jnp.inf, x.dtype))
-  (xa, _, bx, bl), _ = jax.lax.scan(body, init, None, length=steps, unroll=unroll)
-  final_loss, _ = loss_and_grad(xa)
+  zeros = jnp.zeros_like(x)
+  carry = (x0, zeros, zeros) + tuple(init)
+  (xa, _, _, bx, bs, bf), _ = jax.lax.scan(body, carry, jnp.arange(steps), unroll=unroll)
+  _, score, feasible = objective(xa, jnp.asarray(1.0, x.dtype))
   if not keep_best:
-    return xa, final_loss
-  better = final_loss > bl
-  return jnp.where(_broadcast(better, x), xa, bx), jnp.maximum(final_loss, bl)
+    return xa, score, feasible
+  better = _lexicographic_better(feasible, score, bf, bs)
+  return (jnp.where(_broadcast(better, x), xa, bx), jnp.where(better, score, bs),
+          jnp.where(better, feasible, bf))
 
 
 def _apgd(loss_and_grad, x, x0, eps, steps, norm, unroll, alpha=0.75, rho=0.75):

@@ -352,6 +352,13 @@ def model_fns(model: ResNet, variables) -> ModelFns:
   )
 
 
+def surrogate_fns(model: ResNet, variables) -> Callable[[float], ModelFns]:
+  """``beta -> ModelFns`` of the softplus(beta) copy of ``model`` with the same weights:
+  the smooth surrogate that explanation attacks differentiate through (Dombrowski et al.
+  2019). ``beta`` may be traced, so it can be annealed inside a compiled attack."""
+  return lambda beta: model_fns(model.clone(activation="softplus", softplus_beta=beta), variables)
+
+
 def init_variables(model: ResNet, seed: int, image_size: int):
   """Initialises parameters and BatchNorm statistics for square inputs.
 

@@ -119,16 +119,19 @@ def plot_predictions(images, masks, labels, probs, mask_probs, class_names, path
   plt.close(fig)
 
 
-def plot_accuracy_vs_eps(rows: Sequence[dict], path: str, highlight: float = 0.004) -> None:
-  """Accuracy under attack against eps, one line per (model, attack)."""
+def plot_accuracy_vs_eps(rows: Sequence[dict], path: str, highlight: float = 0.004,
+                         metric: str = "accuracy", ylabel: str = "accuracy under attack") -> None:
+  """``metric`` (accuracy under attack) against eps, one line per (model, attack) that has it."""
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6, 4))
+  rows = [r for r in rows if metric in r]
   keys = sorted({(r["model"], r["attack"]) for r in rows})
   for model, attack in keys:
-    pts = sorted((r["eps"], r["accuracy"]) for r in rows if r["model"] == model and r["attack"] == attack)
+    pts = sorted((r["eps"], r[metric]) for r in rows if r["model"] == model and r["attack"] == attack)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=f"{model} / {attack}")
   ax.axvline(highlight, color="gray", ls=":", lw=1)
-  ax.set(xlabel="eps (L-inf, pixels in [0, 1])", ylabel="accuracy under attack", ylim=(0, 1.02))
+  ax.set(xlabel="eps (L-inf, pixels in [0, 1])", ylabel=ylabel,
+         ylim=(min(0.0, min((r[metric] for r in rows), default=0.0)), 1.02))
   ax.set_xscale("symlog", linthresh=1e-3)
   ax.legend(fontsize=7)
   fig.tight_layout()
@@ -161,6 +164,37 @@ def plot_adversarial_examples(arrays, examples: dict, class_names, path: str,
                          fontsize=7, color="red" if p_adv.argmax() != p_clean.argmax() else "black")
     for a in axes[i]:
       a.axis("off")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_map_attack(arrays, examples: dict, class_names, path: str, eps: float,
+                    n: int = 4, title: str = "") -> None:
+  """Before/after figure of an explanation attack at one eps: per image, the clean image
+  with its map and the lesion contour, beside the attacked image with its map, each
+  titled with the prediction and its probability (the Spearman correlation of the maps
+  on the right)."""
+  plt = _plt()
+  eps = min(examples, key=lambda e: abs(e - eps))
+  ex = examples[eps]
+  n = min(n, len(ex["adv_map"]))
+  fig, axes = plt.subplots(n, 2, figsize=(4.4, 2.3 * n + 0.3), squeeze=False)
+  for i in range(n):
+    clean = arrays["image"][i].astype(np.float32) / 255.0
+    p_clean, p_adv = ex["clean_probs"][i], ex["adv_probs"][i]
+    _overlay(axes[i, 0], clean, arrays["mask"][i], ex["clean_map"][i])
+    axes[i, 0].set_title(f"clean ({class_names[arrays['label'][i]]})\n"
+                         f"pred {class_names[p_clean.argmax()]} {p_clean.max():.2f}", fontsize=7)
+    _overlay(axes[i, 1], ex["x_adv"][i][..., 0], arrays["mask"][i], ex["adv_map"][i])
+    flipped = p_adv.argmax() != p_clean.argmax()
+    axes[i, 1].set_title(f"attacked, eps={eps:g}, Spearman {ex['spearman'][i]:.2f}\n"
+                         f"pred {class_names[p_adv.argmax()]} {p_adv.max():.2f}",
+                         fontsize=7, color="red" if flipped else "black")
+    for a in axes[i]:
+      a.axis("off")
+  if title:
+    fig.suptitle(title, fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

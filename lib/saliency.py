@@ -119,32 +119,37 @@ def _cam_gradients(features_fn, head_fn, x, target):
   return a, g
 
 
-def _finish_cam(cam, x, upsample: bool):
-  cam = jax.nn.relu(cam)
+def _finish_cam(cam, x, upsample: bool, relu: bool = True):
+  if relu:
+    cam = jax.nn.relu(cam)
   if not upsample:
     return cam
   return jax.image.resize(cam, (cam.shape[0],) + x.shape[1:3], "bilinear")
 
 
-def grad_cam(features_fn, head_fn, x, target=None, *, upsample: bool = True) -> Array:
+def grad_cam(features_fn, head_fn, x, target=None, *, upsample: bool = True,
+             relu: bool = True) -> Array:
   """Grad-CAM (Selvaraju et al. 2017): ReLU(sum_c alpha_c A_c), alpha_c the spatial mean
   of d y_target / d A_c. With a global-average-pool + linear head, alpha_c is the class's
-  output weight / (h w), so Grad-CAM equals CAM (Zhou et al. 2016) up to scale."""
+  output weight / (h w), so Grad-CAM equals CAM (Zhou et al. 2016) up to scale.
+  ``relu=False`` returns the map before its final ReLU."""
   a, g = _cam_gradients(features_fn, head_fn, x, target)
   weights = g.mean(axis=(1, 2))                           # (B, c)
-  return _finish_cam(jnp.einsum("bhwc,bc->bhw", a, weights), x, upsample)
+  return _finish_cam(jnp.einsum("bhwc,bc->bhw", a, weights), x, upsample, relu)
 
 
-def grad_cam_pp(features_fn, head_fn, x, target=None, *, upsample: bool = True) -> Array:
+def grad_cam_pp(features_fn, head_fn, x, target=None, *, upsample: bool = True,
+                relu: bool = True) -> Array:
   """Grad-CAM++ (Chattopadhay et al. 2018, eq. 19 with the exponential output, as in
   the authors' and pytorch-grad-cam's implementations):
-  alpha = g^2 / (2 g^2 + sum_ij A g^3), w_c = sum_ij alpha ReLU(g)."""
+  alpha = g^2 / (2 g^2 + sum_ij A g^3), w_c = sum_ij alpha ReLU(g). ``relu=False``: the
+  map before its final ReLU."""
   a, g = _cam_gradients(features_fn, head_fn, x, target)
   g2, g3 = g ** 2, g ** 3
   denom = 2.0 * g2 + a.sum(axis=(1, 2), keepdims=True) * g3
   alpha = jnp.where(g != 0, g2 / jnp.where(denom != 0, denom, 1.0), 0.0)
   weights = (alpha * jax.nn.relu(g)).sum(axis=(1, 2))
-  return _finish_cam(jnp.einsum("bhwc,bc->bhw", a, weights), x, upsample)
+  return _finish_cam(jnp.einsum("bhwc,bc->bhw", a, weights), x, upsample, relu)
 
 
 # ----------------------------------------------------------------------------- post-processing

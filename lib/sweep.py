@@ -22,58 +22,101 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lib import attacks, data, experiment, metrics, models, parallel, report
+from lib import (attacks, data, experiment, explanation_attacks, metrics, models, parallel,
+                 report, saliency)
 
 RESULT_COLUMNS = ("model", "attack", "eps", "clean_accuracy", "accuracy", "sensitivity",
                   "specificity", "balanced_accuracy", "auc", "success_rate", "linf_mean",
                   "linf_max", "l2_mean", "l2_max", "psnr_mean", "ssim_mean", "n")
+MAP_COLUMNS = ("model", "attack", "map_method", "eps", "map_label_kept", "spearman_median",
+               "spearman_mean", "pearson_median", "top_k_intersection", "map_ssim",
+               "com_shift_px", "lesion_energy_clean", "lesion_energy_adv", "ssim_mean", "n")
+
+
+EXPLANATION = "explanation"
+_EXPLANATION_FIELDS = ("method", "objective", "mode", "kind", "ce_weight", "top_k", "beta",
+                       "beta_final", "step_rule", "step_schedule", "random_init", "restarts",
+                       "smoothgrad_samples", "smoothgrad_sigma")
 
 
 def make_attack(spec) -> Callable:
-  """``(logits_fn, x, y, eps, key) -> x_adv`` from a config entry of ``attacks``.
+  """``(fns, x, y, eps, key, surrogate) -> x_adv`` from a config entry of ``attacks``.
 
-  ``spec.name`` is one of :data:`lib.attacks.ATTACKS`; the step size is
-  ``spec.step_size_factor * eps`` (so it scales with the traced eps). ``spec`` may be a
-  plain dict (as parsed from ``--config.attacks="[{'name': 'pgd', 'steps': 10}]"``).
+  ``spec.name`` is one of :data:`lib.attacks.ATTACKS`, or ``"explanation"`` for the
+  attacks of :mod:`lib.explanation_attacks` (fields ``method``, ``objective``, ``mode``,
+  ``kind``, ``ce_weight``, ``surrogate`` (bool), ``beta``, ``step_rule``, ...). The step size
+  is ``spec.step_size_factor * eps`` (so it scales with the traced eps). ``spec`` may be a
+  plain dict (as parsed from ``--config.attacks="({'name': 'pgd', 'steps': 10},)"``).
   """
   spec = ml_collections.ConfigDict(dict(spec))
   name = spec.name
+  factor = spec.get("step_size_factor", 0.25)
+  if name == EXPLANATION:
+    kw = {k: spec[k] for k in _EXPLANATION_FIELDS if k in spec}
+    use_surrogate = spec.get("surrogate", False)
+
+    def run_explanation(fns, x, y, eps, key, surrogate=None):
+      del y  # the attack keeps (or flips) the model's own prediction
+      return explanation_attacks.explanation_attack(
+          fns, x, eps=eps, step_size=factor * eps, steps=spec.steps, key=key,
+          norm=spec.get("norm", "linf"), surrogate=surrogate if use_surrogate else None, **kw)
+    return run_explanation
+
   fn = attacks.ATTACKS[name]
   kw = dict(norm=spec.get("norm", "linf"))
-  if name in ("bim", "pgd", "mifgsm"):
+  if name in ("bim", "pgd", "mifgsm", "apgd"):
     kw["steps"] = spec.steps
   if name in ("pgd", "apgd"):
     kw["restarts"] = spec.get("restarts", 1)
-  if name == "noise":
-    kw = dict(norm=kw["norm"])
-  if name == "apgd":
-    kw["steps"] = spec.steps
   if name not in ("fgsm", "noise"):
     kw["loss"] = spec.get("loss", "ce")
-  factor = spec.get("step_size_factor", 0.25)
 
-  def run(logits_fn, x, y, eps, key):
+  def run(fns, x, y, eps, key, surrogate=None):
+    del surrogate
     extra = {}
     if name in ("bim", "pgd", "mifgsm"):
       extra["step_size"] = factor * eps
     if name in ("pgd", "apgd", "noise"):
       extra["key"] = key
-    return fn(logits_fn, x, y, eps=eps, **kw, **extra)
+    return fn(fns.logits_fn, x, y, eps=eps, **kw, **extra)
   return run
 
 
 def attack_label(spec) -> str:
+  """A short name for tables: ``pgd-10``, ``apgd-20-dlr``, ``grad_cam-keep-50``,
+  ``gradient-top_k-30-softplus``..."""
   spec = ml_collections.ConfigDict(dict(spec))
-  parts = [spec.name]
-  if spec.get("steps") and spec.name != "fgsm":
+  if spec.name == EXPLANATION:
+    objective = spec.get("objective", "dissimilarity")
+    mode = spec.get("mode", "keep")
+    parts = [spec.get("method", "grad_cam"), mode if objective == "dissimilarity" else objective]
+    if objective != "dissimilarity" and mode != "keep":
+      parts.append(mode)
+    if spec.get("kind", "pearson") != "pearson":
+      parts.append(spec.kind)
     parts.append(str(spec.steps))
-  if spec.get("loss", "ce") != "ce":
-    parts.append(spec.loss)
+    if spec.get("surrogate", False):
+      parts.append("softplus")
+  else:
+    parts = [spec.name]
+    if spec.get("steps") and spec.name != "fgsm":
+      parts.append(str(spec.steps))
+    if spec.get("loss", "ce") != "ce":
+      parts.append(spec.loss)
   if spec.get("norm", "linf") != "linf":
     parts.append(spec.norm)
   if spec.get("restarts", 1) > 1:
     parts.append(f"r{spec.restarts}")
   return "-".join(parts)
+
+
+def map_method(spec, config) -> str:
+  """The explanation whose change is measured: the attacked one for explanation attacks,
+  ``config.map_method`` for the others."""
+  spec = ml_collections.ConfigDict(dict(spec))
+  if spec.name == EXPLANATION:
+    return spec.get("method", "grad_cam")
+  return config.get("map_method", "grad_cam")
 
 
 class CompileCounter:
@@ -90,22 +133,32 @@ class CompileCounter:
     return traced
 
 
-def compile_attack(model, spec, mesh, counter: CompileCounter, return_images: bool = False):
+def compile_attack(model, spec, mesh, counter: CompileCounter, return_images: bool = False,
+                   map_method: str = ""):
   """The jitted per-batch function of one attack for one model.
 
   The batch is sharded over the mesh; the (small) per-example results are gathered to
-  every process, the adversarial images only when ``return_images``.
+  every process, the adversarial images only when ``return_images``. With ``map_method``
+  the maps of the clean and the attacked images (real model, explaining each image's
+  predicted class: what a user would be shown) come back too.
   """
   run = make_attack(spec)
+  spec = ml_collections.ConfigDict(dict(spec))
 
   def evaluate(variables, x, y, eps, key):
     fns = models.model_fns(model, variables)
-    x_adv = run(fns.logits_fn, x, y, eps, key)
-    clean = jax.nn.softmax(fns.logits_fn(x), -1)
-    adv = jax.nn.softmax(fns.logits_fn(x_adv), -1)
-    out = {"clean_probs": clean, "adv_probs": adv}
+    x_adv = run(fns, x, y, eps, key, models.surrogate_fns(model, variables))
+    clean_logits, adv_logits = fns.logits_fn(x), fns.logits_fn(x_adv)
+    out = {"clean_probs": jax.nn.softmax(clean_logits, -1), "adv_probs": jax.nn.softmax(adv_logits, -1)}
     if return_images:
       out["x_adv"] = x_adv
+    if map_method:
+      explain = functools.partial(
+          saliency.explain, map_method, fns, key=jax.random.PRNGKey(0),
+          smoothgrad_samples=spec.get("smoothgrad_samples", 8),
+          smoothgrad_sigma=spec.get("smoothgrad_sigma", 0.1))
+      out["clean_map"] = explain(x, jnp.argmax(clean_logits, -1))
+      out["adv_map"] = explain(x_adv, jnp.argmax(adv_logits, -1))
     out.update(metrics.perturbation_metrics(x, x_adv))
     return out
 
@@ -134,15 +187,42 @@ def cell_metrics(clean_probs, adv_probs, labels, pert: dict) -> dict:
   return row
 
 
+def map_cell_metrics(clean_map, adv_map, clean_probs, adv_probs, masks=None,
+                     top_k: float = 0.05) -> dict:
+  """How much an attack changed the explanation: label-kept and flip rates (against the
+  clean prediction), Spearman / Pearson / top-k intersection / SSIM between the clean and
+  the attacked map, their centre-of-mass shift (pixels), and the share of the map's
+  energy inside the lesion before and after (with masks). Returns ``(row, per-image
+  Spearman)``."""
+  kept = clean_probs.argmax(-1) == adv_probs.argmax(-1)
+  spearman = metrics.spearman(clean_map, adv_map)
+  pearson = metrics.pearson(clean_map, adv_map)
+  row = {"map_label_kept": float(kept.mean()), "map_flip_rate": float(1.0 - kept.mean()),
+         "spearman_median": float(np.median(spearman)), "spearman_mean": float(spearman.mean()),
+         "pearson_median": float(np.median(pearson)),
+         "top_k_intersection": float(metrics.top_k_intersection(clean_map, adv_map, top_k).mean()),
+         "map_ssim": float(metrics.map_ssim(clean_map, adv_map).mean()),
+         "com_shift_px": float(metrics.center_of_mass_shift(clean_map, adv_map).mean())}
+  if masks is not None:
+    row["lesion_energy_clean"] = float(metrics.lesion_energy(clean_map, masks).mean())
+    row["lesion_energy_adv"] = float(metrics.lesion_energy(adv_map, masks).mean())
+  return row, spearman
+
+
 def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in_channels,
-                    keep_examples: int = 0):
-  """All eps of one attack on one model: list of cell rows (+ a few adversarial images)."""
-  fn = compile_attack(model, spec, mesh, counter, return_images=bool(keep_examples))
+                    keep_examples: int = 0, has_masks: bool = False):
+  """All eps of one attack on one model: list of cell rows (+ a few examples per eps).
+
+  The grid is ``config.eps``, or the attack's own ``spec.eps`` (e.g. an expensive
+  explanation attack at a few eps only)."""
+  method = map_method(spec, config) if config.get("map_metrics", True) else ""
+  fn = compile_attack(model, spec, mesh, counter, return_images=bool(keep_examples),
+                      map_method=method)
   bs = config.batch_size
   n = len(arrays["label"])
   rows, examples = [], {}
   key = jax.random.PRNGKey(config.seed)
-  for eps in config.eps:
+  for eps in dict(spec).get("eps") or config.eps:
     outs = []
     for start in range(0, n, bs):
       idx = np.minimum(np.arange(start, start + bs), n - 1)  # pad to one shape
@@ -151,11 +231,19 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in
       o = fn(variables, x, y, jnp.float32(eps), jax.random.fold_in(key, start))
       outs.append(jax.device_get(o))
     cat = {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
-    row = cell_metrics(cat["clean_probs"], cat["adv_probs"], arrays["label"],
-                       {k: cat[k] for k in ("linf", "l2", "psnr", "ssim")})
-    rows.append({"attack": attack_label(spec), "eps": float(eps), **row})
+    row = {"attack": attack_label(spec), "eps": float(eps),
+           **cell_metrics(cat["clean_probs"], cat["adv_probs"], arrays["label"],
+                          {k: cat[k] for k in ("linf", "l2", "psnr", "ssim")})}
+    if method:
+      maps, spearman = map_cell_metrics(
+          cat["clean_map"], cat["adv_map"], cat["clean_probs"], cat["adv_probs"],
+          arrays["mask"] if has_masks else None, config.get("top_k", 0.05))
+      row.update(map_method=method, **maps)
+      cat["spearman"] = spearman
+    rows.append(row)
     if keep_examples:
-      examples[float(eps)] = {k: cat[k][:keep_examples] for k in ("x_adv", "adv_probs", "clean_probs")}
+      keys = ("x_adv", "adv_probs", "clean_probs", "clean_map", "adv_map", "spearman")
+      examples[float(eps)] = {k: cat[k][:keep_examples] for k in keys if k in cat}
   return rows, examples
 
 
@@ -169,7 +257,7 @@ def run_sweep(config, workdir: str) -> list[dict]:
   if config.batch_size % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by {mesh.size} devices.")
   counter = CompileCounter()
-  rows, figures = [], []
+  rows = []
   for ckpt in checkpoints:
     train_config, model, variables = experiment.restore_model(ckpt, config.which)
     name = os.path.basename(os.path.normpath(ckpt))
@@ -177,21 +265,28 @@ def run_sweep(config, workdir: str) -> list[dict]:
     if config.max_images:
       arrays = {k: v[:config.max_images] for k, v in arrays.items()}
     class_names = data.class_names(train_config.data)
+    has_masks = data.DATASETS[train_config.data.name].has_masks
     for spec in config.attacks:
       t0, before = time.time(), counter.count
+      label = attack_label(spec)
       cells, examples = run_attack_grid(model, variables, arrays, config, spec, mesh, counter,
                                         in_channels=train_config.model.in_channels,
-                                        keep_examples=config.figure_examples)
-      logging.info("%s / %s: %d eps in %.1f s, %d compilation(s)", name, attack_label(spec),
-                   len(config.eps), time.time() - t0, counter.count - before)
+                                        keep_examples=config.figure_examples, has_masks=has_masks)
+      logging.info("%s / %s: %d eps in %.1f s, %d compilation(s)", name, label, len(cells),
+                   time.time() - t0, counter.count - before)
       for c in cells:
         rows.append({"model": name, **c})
-        logging.info("  eps=%.4f acc=%.3f (clean %.3f) success=%.3f ssim=%.4f", c["eps"],
-                     c["accuracy"], c["clean_accuracy"], c["success_rate"], c["ssim_mean"])
+        logging.info("  eps=%.4f acc=%.3f (clean %.3f) success=%.3f ssim=%.4f%s", c["eps"],
+                     c["accuracy"], c["clean_accuracy"], c["success_rate"], c["ssim_mean"],
+                     f" {c['map_method']} spearman={c['spearman_median']:.3f} "
+                     f"kept={c['map_label_kept']:.3f}" if "map_method" in c else "")
       if config.figure_examples and jax.process_index() == 0:
-        path = os.path.join(workdir, f"examples_{name}_{attack_label(spec)}.png")
-        report.plot_adversarial_examples(arrays, examples, class_names, path, config.figure_eps)
-        figures.append(path)
+        path = os.path.join(workdir, f"examples_{name}_{label}.png")
+        if dict(spec)["name"] == EXPLANATION:
+          report.plot_map_attack(arrays, examples, class_names, path, config.figure_eps,
+                                 title=f"{name} / {label}")
+        else:
+          report.plot_adversarial_examples(arrays, examples, class_names, path, config.figure_eps)
   if jax.process_index() == 0:
     write_sweep_outputs(rows, workdir, counter.count)
   return rows
@@ -239,6 +334,13 @@ def write_sweep_outputs(rows, workdir, compilations: int) -> None:
               "success_rate": r["success_rate"], "ssim": r["ssim_mean"]} for r in rows]
   table = report.write_table(summary, os.path.join(workdir, "summary"))
   report.plot_accuracy_vs_eps(rows, os.path.join(workdir, "accuracy_vs_eps.png"))
+  map_rows = [{k: r[k] for k in MAP_COLUMNS if k in r} for r in rows if "map_method" in r]
+  map_table = ""
+  if map_rows:
+    map_table = report.write_table(map_rows, os.path.join(workdir, "explanation"), MAP_COLUMNS)
+    report.plot_accuracy_vs_eps(rows, os.path.join(workdir, "spearman_vs_eps.png"),
+                                metric="spearman_median",
+                                ylabel="median Spearman, clean vs attacked map")
   checks = masking_checks(rows)
   for line in checks:
     logging.warning("Possible gradient masking: %s", line)
@@ -249,3 +351,8 @@ def write_sweep_outputs(rows, workdir, compilations: int) -> None:
     f.write(f"# Attack sweep\n\n{compilations} compilation(s) for the whole grid.\n\n{table}\n"
             f"## Gradient-masking checks\n\n{check_text}\n\n"
             "![accuracy against eps](accuracy_vs_eps.png)\n")
+    if map_table:
+      f.write("\n## Explanations under attack\n\nBetween the map of each clean image and of its "
+              "attacked copy (real model, each explaining its predicted class); `map_label_kept`: "
+              "share of images whose prediction the attack left unchanged.\n\n"
+              f"{map_table}\n![median Spearman against eps](spearman_vs_eps.png)\n")

@@ -29,7 +29,7 @@ def demo_config():
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-  """The demo's tiny multi-task ResNet trained for 6 epochs on synthetic lesions.
+  """The demo's tiny multi-task ResNet trained for 8 epochs on 256 synthetic lesions.
 
   Returns ``(model, variables, x_test, y_test, workdir)``.
   """
@@ -37,7 +37,8 @@ def trained(tmp_path_factory):
   from lib import data, experiment, trainer
   c = default.get_config("test")
   c.num_devices = 1
-  c.num_epochs = 6
+  c.num_epochs = 8
+  c.data.num_train = 256
   workdir = str(tmp_path_factory.mktemp("trained"))
   trainer.train_and_evaluate(c, workdir)
   config, model, variables = experiment.restore_model(workdir)

@@ -25,15 +25,23 @@ def test_sweep_compiles_once_per_attack_and_writes_outputs(trained, tmp_path):
   c = _config(trained[4], 1)
   rows = sweep.run_sweep(c, str(tmp_path))
   with open(tmp_path / "results.json") as f:
-    assert json.load(f)["compilations"] == len(c.attacks)   # 2 attacks x 4 eps, 2 batches
-  assert len(rows) == len(c.attacks) * len(c.eps)
-  for name in ("results.csv", "results.md", "summary.md", "report.md", "accuracy_vs_eps.png"):
+    assert json.load(f)["compilations"] == len(c.attacks)   # 3 attacks, up to 4 eps, 2 batches
+  assert len(rows) == sum(len(dict(a).get("eps") or c.eps) for a in c.attacks)
+  for name in ("results.csv", "results.md", "summary.md", "report.md", "accuracy_vs_eps.png",
+               "explanation.csv", "explanation.md", "spearman_vs_eps.png"):
     assert os.path.getsize(tmp_path / name) > 0
-  assert any(n.startswith("examples_") for n in os.listdir(tmp_path))
+  assert len([n for n in os.listdir(tmp_path) if n.startswith("examples_")]) == len(c.attacks)
+  keep = [r for r in rows if r["attack"].startswith("grad_cam-keep")]
+  assert keep and all(r["map_label_kept"] == 1.0 for r in keep)
+  pgd_same_eps = [r for r in rows if r["attack"].startswith("pgd") and r["eps"] == keep[0]["eps"]]
+  assert keep[0]["spearman_median"] < pgd_same_eps[0]["spearman_median"]
+  for r in rows:
+    assert r["map_method"] == "grad_cam" and -1.0 <= r["spearman_median"] <= 1.0
   zero = [r for r in rows if r["eps"] == 0.0]
   for r in zero:
     assert r["accuracy"] == r["clean_accuracy"] and r["linf_max"] == 0.0
     assert r["ssim_mean"] == pytest.approx(1.0, abs=1e-6)
+    assert r["spearman_median"] == pytest.approx(1.0) and r["map_label_kept"] == 1.0
   for r in rows:
     assert r["linf_max"] <= r["eps"] + 1e-6 and r["n"] == 24
   pgd = sorted((r["eps"], r["accuracy"]) for r in rows if r["attack"].startswith("pgd"))
