@@ -22,7 +22,8 @@ demo: $(STAMP)
 	$(BIN)/python explain.py --config=configs/explain.py:quick --config.checkpoints=$(WORKDIR) \
 	    --workdir=$(WORKDIR)/explain
 	@echo "Demo outputs in $(WORKDIR): report.md, training_curves.png, test_predictions.png;"
-	@echo "attack sweep in $(WORKDIR)/attack: report.md, results.csv, accuracy_vs_eps.png, examples_*.png;"
+	@echo "attack sweep in $(WORKDIR)/attack: report.md, results.csv, accuracy_vs_eps.png, explanation.md,"
+	@echo "  spearman_vs_eps.png, examples_*.png (examples_*grad_cam-keep*: Grad-CAM before/after the attack);"
 	@echo "explanations in $(WORKDIR)/explain: report.md, summary.csv, maps_*.png"
 
 test: $(STAMP)

@@ -55,6 +55,29 @@ def base_config() -> ml_collections.ConfigDict:
       bce_pos_weight=1.0,
   ))
 
+  # Adversarial training (lib/adversarial.py). eps in pixel units ([0, 1]).
+  c.adv = ml_collections.ConfigDict(dict(
+      method="none",             # none | pgd | iterative | fgsm_rs | trades
+      eps=0.004,
+      steps=7,                   # attack steps (pgd, iterative, trades)
+      step_size_factor=0.25,     # step = factor * eps (fgsm_rs: 1.25 eps)
+      random_start=True,
+      mix_ratio=0.5,             # iterative: share of each batch made adversarial
+      ramp_epochs=0,             # > 0: eps ramps up linearly from 0 over these epochs
+      trades_beta=6.0,
+      bn_mode="eval",            # BatchNorm while attacking: eval (running stats) | train
+      check_steps=10,            # every epoch: PGD-k accuracy on a held-out val batch
+      check_images=64,
+      overfit_drop=0.3,          # ... a fall by this much below its best is catastrophic
+      overfit_stop=True,         # ... overfitting: stop (True) or only warn
+  ))
+  # Start from another run and choose what trains (fine-tuning, robustifying stages).
+  c.init_from = ""               # train.py work dir whose weights start this run
+  c.init_from_which = "best"     # best | latest
+  c.transplant_from = ""         # work dir whose `transplant_stages` replace ours
+  c.transplant_stages = ()       # e.g. ('stem', 'stage1')
+  c.trainable = ()               # modules that train; () = all, e.g. ('stem', 'stage1')
+
   c.parallel = "shard_map"       # shard_map | pmap
   c.num_devices = 0              # 0: all devices
   c.multihost = False            # call jax.distributed.initialize()

@@ -170,7 +170,8 @@ def projected_gradient(loss_fn: LossFn, x: Array, *, eps, step_size, steps: int,
                        key: Optional[Array] = None, restarts: int = 1, momentum: float = 1.0,
                        keep_best: bool = True, success_fn: Optional[Callable] = None,
                        has_aux: bool = False, progress_arg: bool = False,
-                       step_schedule: str = "constant", unroll: Optional[int] = None) -> Array:
+                       step_schedule: str = "constant", x_init: Optional[Array] = None,
+                       unroll: Optional[int] = None) -> Array:
   """Maximises ``loss_fn`` (per-example, (B,)) over the eps-ball around ``x``.
 
   Args:
@@ -202,6 +203,9 @@ def projected_gradient(loss_fn: LossFn, x: Array, *, eps, step_size, steps: int,
     progress_arg: ``loss_fn`` takes a second argument ``t = k / steps`` in [0, 1] (to
       anneal something over the attack, e.g. a softplus surrogate's beta).
     step_schedule: "constant" or "cosine" (the step decays from ``step_size`` to 0).
+    x_init: the first iterate (projected onto the ball), instead of ``x`` or a random
+      start drawn here; e.g. per-example random starts that do not depend on how the
+      batch is split over devices (lib/adversarial.py).
     unroll: loop unrolling (None: :func:`default_unroll`).
 
   Returns:
@@ -236,7 +240,10 @@ def projected_gradient(loss_fn: LossFn, x: Array, *, eps, step_size, steps: int,
     return loss, g, score, feasible
 
   def one_run(start_key):
-    x0 = random_start(start_key, x, eps, norm) if random_init else x
+    if x_init is not None:
+      x0 = project(x, x_init, eps, norm)
+    else:
+      x0 = random_start(start_key, x, eps, norm) if random_init else x
     if step_rule == "apgd":
       best_x, best_loss = _apgd(lambda xa: loss_grad_aux(xa, 0.0)[:2], x, x0, eps, steps,
                                 norm, unroll)

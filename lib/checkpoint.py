@@ -34,7 +34,7 @@ def architecture(model_config) -> dict:
   return {k: model_config.get(k) for k in ARCHITECTURE_FIELDS}
 
 
-def _describe(arch: dict) -> str:
+def describe(arch: dict) -> str:
   return ", ".join(f"{k}={v}" for k, v in arch.items())
 
 
@@ -103,8 +103,8 @@ class Checkpointer:
       if meta["architecture"] != want:
         raise CheckpointMismatchError(
             f"Checkpoint {where} was written by another architecture:\n"
-            f"  checkpoint: {_describe(meta['architecture'])}\n"
-            f"  config:     {_describe(want)}\n"
+            f"  checkpoint: {describe(meta['architecture'])}\n"
+            f"  config:     {describe(want)}\n"
             "Use another --workdir, or a config that matches the checkpoint.")
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
@@ -113,7 +113,7 @@ class Checkpointer:
     except (ValueError, KeyError, TypeError) as e:
       raise CheckpointMismatchError(
           f"Checkpoint {where} does not fit the model of this config "
-          f"({_describe(architecture(model_config)) if model_config else 'unknown'}): {e}") from e
+          f"({describe(architecture(model_config)) if model_config else 'unknown'}): {e}") from e
     return restored["state"], restored["data"], restored["meta"]
 
   def close(self) -> None:

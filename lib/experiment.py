@@ -59,10 +59,57 @@ def build_parallel(config) -> parallel.DataParallel:
 
 
 def init_state(config, model, steps_per_epoch: int) -> train_step.TrainState:
-  """A fresh TrainState; its rng drives everything random in the step."""
+  """A fresh TrainState; its rng drives everything random in the step.
+
+  The weights are random, or those of ``config.init_from`` (fine-tuning), with the
+  modules ``config.transplant_stages`` then taken from ``config.transplant_from``.
+  """
+  state = fresh_state(config, model, steps_per_epoch)
+  variables = state.variables
+  if config.get("init_from"):
+    variables = _weights_from(config.init_from, config.get("init_from_which", "best"),
+                              variables, config)
+    logging.info("Weights from %s (%s checkpoint).", config.init_from, config.init_from_which)
+  if config.get("transplant_from"):
+    variables = transplant(variables, _weights_from(config.transplant_from, "best", variables, config),
+                           config.transplant_stages)
+    logging.info("Modules %s transplanted from %s.", list(config.transplant_stages),
+                 config.transplant_from)
+  return train_step.TrainState.create(variables, state.tx, state.rng)
+
+
+def fresh_state(config, model, steps_per_epoch: int) -> train_step.TrainState:
+  """Randomly initialised weights and a new optimiser state."""
   variables = models.init_variables(model, config.seed, config.image_size)
   tx = train_step.make_optimizer(config, steps_per_epoch)
   return train_step.TrainState.create(variables, tx, jax.random.PRNGKey(config.seed))
+
+
+def _weights_from(workdir: str, which: str, like, config) -> dict:
+  """The variables of another run, checked against this run's architecture."""
+  other_config, _, other = restore_model(workdir, which)
+  mine = checkpoint.architecture(config.model)
+  theirs = checkpoint.architecture(other_config.model)
+  same_shapes = (jax.tree_util.tree_structure(other) == jax.tree_util.tree_structure(like) and
+                 all(a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(other),
+                                                        jax.tree_util.tree_leaves(like))))
+  if not same_shapes:
+    raise checkpoint.CheckpointMismatchError(
+        f"Cannot start from {workdir}: it holds a {checkpoint.describe(theirs)} model, "
+        f"this run builds {checkpoint.describe(mine)}.")
+  return other
+
+
+def transplant(variables, donor, stages) -> dict:
+  """``variables`` with the top-level modules ``stages`` (parameters and BatchNorm
+  statistics) replaced by ``donor``'s, bit for bit (``stem`` = ``stem_conv`` + ``stem_bn``)."""
+  names = {n for s in stages for n in train_step.STAGE_ALIASES.get(s, (s,))}
+  unknown = names - set(variables["params"])
+  if unknown:
+    raise ValueError(f"transplant_stages {sorted(unknown)} are not modules of the model "
+                     f"({sorted(variables['params'])}).")
+  return {col: {k: (donor[col][k] if k in names else v) for k, v in tree.items()}
+          for col, tree in variables.items()}
 
 
 def save_config(config, workdir: str) -> None:
@@ -94,7 +141,7 @@ def restore_model(workdir: str, which: str = "best", config=None, **overrides):
   step = ckpt.best_step() if which == "best" else ckpt.latest_step()
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {ckpt.directory}.")
-  template = jax.eval_shape(lambda: init_state(config, build_model(config), 1))
+  template = jax.eval_shape(lambda: fresh_state(config, build_model(config), 1))
   abstract_state = checkpoint.abstract(train_step.state_to_dict(template))
   state_dict, _, _ = ckpt.restore(step, abstract_state, config.model)
   ckpt.close()

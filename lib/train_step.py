@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from lib import adversarial
+
 AXIS = "batch"
 
 
@@ -56,7 +58,39 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
       0.0, config.learning_rate, warmup_steps=warmup, decay_steps=total, end_value=0.0)
 
 
+STAGE_ALIASES = {"stem": ("stem_conv", "stem_bn")}
+
+
+def module_trainable(name: str, trainable) -> bool:
+  """Whether top-level module ``name`` (``stem_conv``, ``stage2``, ``fc``, ``decoder``...)
+  is among ``trainable`` (names or aliases: ``stem`` = ``stem_conv`` + ``stem_bn``)."""
+  names = {n for t in trainable for n in STAGE_ALIASES.get(t, (t,))}
+  return name in names
+
+
+def trainable_labels(params, trainable) -> Any:
+  """optax labels: ``"train"`` for parameters of the ``trainable`` modules, else ``"frozen"``."""
+  unknown = set(trainable) - set(params) - set(STAGE_ALIASES)
+  if unknown:
+    raise ValueError(f"trainable names {sorted(unknown)} are not modules of the model; "
+                     f"its modules are {sorted(params)} (and 'stem').")
+  return {k: jax.tree_util.tree_map(lambda _: "train" if module_trainable(k, trainable) else "frozen", v)
+          for k, v in params.items()}
+
+
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """AdamW or SGD with the warm-up + cosine schedule; with ``config.trainable`` only those
+  modules are updated (the others get zero updates, weight decay included), the optax
+  mask used to robustify only the first stages or to fine-tune only the last ones."""
+  opt = _base_optimizer(config, steps_per_epoch)
+  trainable = tuple(config.get("trainable", ()) or ())
+  if trainable:
+    opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()},
+                                functools.partial(trainable_labels, trainable=trainable))
+  return opt
+
+
+def _base_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
   lr = learning_rate_schedule(config, steps_per_epoch)
   if config.optimizer == "adamw":
     opt = optax.adamw(lr, weight_decay=config.weight_decay)
@@ -132,24 +166,49 @@ def multitask_loss(logits, mask_logits, batch, class_weights, loss_config, axis_
 # ----------------------------------------------------------------------------- the step
 
 
-def train_step(state: TrainState, batch, *, model, class_weights, loss_config,
-               axis_name: str = AXIS):
+def train_step(state: TrainState, batch, *, model, class_weights, loss_config, adv_config=None,
+               steps_per_epoch: int = 1, trainable=(), axis_name: str = AXIS):
   """One optimisation step on this device's shard (call inside shard_map or pmap).
 
   Gradients and metrics are summed over ``axis_name``. A non-finite loss or gradient
   leaves parameters, BatchNorm statistics and optimiser state unchanged, and the
   returned ``finite`` flag tells the host loop to stop (lib/trainer.py).
+
+  ``adv_config`` (``config.adv``) selects adversarial training (lib/adversarial.py): the
+  shard's examples are attacked here, on this device, with the current weights.
+  ``trainable``: top-level modules whose BatchNorm statistics may change (the optimiser
+  already leaves the others' parameters alone, :func:`make_optimizer`); empty = all.
   """
+  method = adv_config.method if adv_config is not None else "none"
+  x, b = batch["image"], batch["label"].shape[0]
+  n_adv, x_adv = 0, None
+  if method != "none":
+    keys = adversarial.example_keys(jax.random.fold_in(state.rng, state.step), b, axis_name)
+    eps = adversarial.epsilon_at(adv_config, state.step, steps_per_epoch)
+    n_adv = adversarial.num_adversarial(adv_config, b)
+    logits_fn = adversarial.attack_logits_fn(model, state.variables, adv_config.bn_mode)
+    x_adv = adversarial.adversarial_examples(logits_fn, x[:n_adv], batch["label"][:n_adv],
+                                             adv_config, eps, keys[:n_adv])
+  inputs = adversarial.training_inputs(method, x, x_adv, model.seg_head)
 
   def loss_fn(params):
     (logits, mask_logits), new_vars = model.apply(
-        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+        {"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
         mutable=["batch_stats"])
-    loss, aux = multitask_loss(logits, mask_logits, batch, class_weights, loss_config, axis_name)
-    return loss, (aux, logits, new_vars["batch_stats"])
+    out = adversarial.split_outputs(method, logits, mask_logits, b, n_adv)
+    loss, aux = multitask_loss(out["class"], out["mask"],
+                               dict(batch, has_mask=batch["has_mask"] * out["mask_weight"]),
+                               class_weights, loss_config, axis_name)
+    if method == "trades":
+      aux["trades_kl"] = adversarial.trades_term(out["class"], out["adv"], b, axis_name)
+      loss = loss + adv_config.trades_beta * aux["trades_kl"]
+    return loss, (aux, out["class"], new_vars["batch_stats"])
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (aux, logits, batch_stats)), grads = grad_fn(state.params)
+  if trainable:
+    batch_stats = {k: v if module_trainable(k, trainable) else state.batch_stats[k]
+                   for k, v in batch_stats.items()}
   grads = jax.lax.psum(grads, axis_name)
   loss = jax.lax.psum(loss, axis_name)
   aux = jax.lax.psum(aux, axis_name)

@@ -20,11 +20,45 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lib import checkpoint, data, experiment, metrics, report, train_step
+from lib import adversarial, attacks, checkpoint, data, experiment, metrics, models, report, train_step
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or the gradient became NaN or infinite; the run stopped."""
+
+
+def robust_accuracy_fn(eval_model, adv):
+  """``(variables, x, y) -> accuracy`` under PGD-``check_steps`` at the training eps
+  (eval mode, random start): the per-epoch check for catastrophic overfitting, where
+  FGSM training suddenly stops giving robustness to PGD (Wong et al. 2020, Sec. 5)."""
+
+  @jax.jit
+  def fn(variables, x, y):
+    logits_fn = models.model_fns(eval_model, variables).logits_fn
+    x_adv = attacks.pgd(logits_fn, x, y, eps=adv.eps, step_size=adv.eps / 4,
+                        steps=adv.check_steps, key=jax.random.PRNGKey(0))
+    return (jnp.argmax(logits_fn(x_adv), -1) == y).mean()
+  return fn
+
+
+class OverfittingMonitor:
+  """Tracks the held-out PGD accuracy and flags a fall of ``overfit_drop`` below its best."""
+
+  def __init__(self, adv):
+    self.adv, self.best = adv, -1.0
+
+  def update(self, accuracy: float, epoch: int) -> bool:
+    """True when training should stop."""
+    self.best = max(self.best, accuracy)
+    if accuracy < self.best - self.adv.overfit_drop:
+      logging.warning(
+          "Catastrophic overfitting at epoch %d: PGD-%d accuracy on held-out images fell to "
+          "%.3f from %.3f (adv.overfit_drop=%.2f). %s", epoch, self.adv.check_steps, accuracy,
+          self.best, self.adv.overfit_drop,
+          "Stopping; the best checkpoint is kept." if self.adv.overfit_stop else
+          "Continuing (adv.overfit_stop=False).")
+      return self.adv.overfit_stop
+    return False
 
 
 def evaluate(eval_fn, variables, arrays: dict, config, *, return_predictions: bool = False):
@@ -109,10 +143,21 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
   start = start or 0
 
   state = par.put_state(state)
+  adv = config.get("adv")
+  adversarial_training = adv is not None and adv.method != "none"
+  if adv is not None:
+    adversarial.check_config(adv)
   step_fn = par.compile_step(functools.partial(
-      train_step.train_step, model=model, class_weights=class_weights, loss_config=config.loss))
+      train_step.train_step, model=model, class_weights=class_weights, loss_config=config.loss,
+      adv_config=adv, steps_per_epoch=steps_per_epoch, trainable=tuple(config.get("trainable", ()))))
   eval_fn = par.compile_eval(functools.partial(train_step.eval_step, model=eval_model))
   writer = report.MetricWriter(workdir)
+  if adversarial_training:
+    robust_fn, monitor = robust_accuracy_fn(eval_model, adv), OverfittingMonitor(adv)
+    check_x = data.to_model_input(val["image"][:adv.check_images], config.model.in_channels)
+    check_y = val["label"][:adv.check_images]
+    logging.info("Adversarial training: %s at eps %g (%s BatchNorm while attacking).",
+                 adv.method, adv.eps, adv.bn_mode)
 
   pending, pending_start, last_ckpt = [], start, start or None
   t_log, n_log = time.time(), 0
@@ -140,11 +185,17 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
       host_state = par.get_state(state)
       val_metrics = evaluate(eval_fn, host_state.variables, val, config)
       val_metrics = {f"val_{k}": v for k, v in val_metrics.items()}
+      overfitted = False
+      if adversarial_training:
+        val_metrics["val_pgd_accuracy"] = float(robust_fn(host_state.variables, check_x, check_y))
+        overfitted = monitor.update(val_metrics["val_pgd_accuracy"], epoch)
       writer.write(done, {**val_metrics, "epoch": epoch})
       logging.info("epoch %d val: %s", epoch, _fmt(val_metrics))
       ckpt.save(done, train_step.state_to_dict(host_state), train_iter.get_state(), meta,
                 metrics=val_metrics)
       last_ckpt = done
+      if overfitted:
+        break
     if stop_after_step is not None and done >= stop_after_step:
       ckpt.close()
       writer.close()
