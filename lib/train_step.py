@@ -59,6 +59,7 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
 
 
 STAGE_ALIASES = {"stem": ("stem_conv", "stem_bn")}
+OPTIONAL_MODULES = ("decoder",)  # may be named although the model has none (seg_head=False)
 
 
 def module_trainable(name: str, trainable) -> bool:
@@ -70,7 +71,7 @@ def module_trainable(name: str, trainable) -> bool:
 
 def trainable_labels(params, trainable) -> Any:
   """optax labels: ``"train"`` for parameters of the ``trainable`` modules, else ``"frozen"``."""
-  unknown = set(trainable) - set(params) - set(STAGE_ALIASES)
+  unknown = set(trainable) - set(params) - set(STAGE_ALIASES) - set(OPTIONAL_MODULES)
   if unknown:
     raise ValueError(f"trainable names {sorted(unknown)} are not modules of the model; "
                      f"its modules are {sorted(params)} (and 'stem').")

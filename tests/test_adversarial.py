@@ -175,3 +175,15 @@ def test_overfitting_monitor(caplog):
   warn_only = trainer.OverfittingMonitor(c.adv)
   warn_only.update(0.9, 1)
   assert not warn_only.update(0.0, 2)
+
+
+@pytest.mark.parametrize("variant", ["pgd,cpu", "iterative", "fgsm_rs,cpu", "trades", "finetune,cpu",
+                                     "first_layers,cpu", "transplant,cpu"])
+def test_busi_adversarial_configs(variant):
+  from configs import busi_adversarial
+  c = busi_adversarial.get_config(variant)
+  adversarial.check_config(c.adv)
+  assert c.adv.eps == 0.004 and (c.model.name == "resnet18") == ("cpu" in variant)
+  model = experiment.build_model(c)
+  params = jax.eval_shape(lambda: models.init_variables(model, 0, 32))["params"]
+  train_step.trainable_labels(params, c.trainable)   # every named stage exists

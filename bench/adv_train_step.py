@@ -1,0 +1,93 @@
+"""Cost of an adversarial training step: standard : FGSM-RS : PGD-k : TRADES-k, one run.
+
+  .venv/bin/python bench/adv_train_step.py [--arch resnet18 --size 128 --batch 16 --steps 7]
+
+Each variant is the same ``train_step`` (lib/train_step.py) compiled through the
+data-parallel wrapper on one device with a different ``adv.method``; the variants are
+timed alternately (round-robin) after warm-up and the medians compared with the
+standard step. For k attack steps the expected ratio is about k + 1 (the attack is k
+forward/backward passes of the same model, in eval mode, plus the training pass);
+FGSM-RS is k = 1. Prints a markdown table and appends JSON to bench/results_adv_step.json.
+"""
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from configs import common  # noqa: E402
+from lib import experiment, parallel, train_step  # noqa: E402
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--arch", default="resnet18")
+  p.add_argument("--size", type=int, default=128)
+  p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--steps", type=int, default=7)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--seg_head", action="store_true")
+  args = p.parse_args()
+  rng = np.random.default_rng(0)
+  b, s = args.batch, args.size
+  batch = {"image": rng.uniform(size=(b, s, s, 1)).astype(np.float32),
+           "mask": (rng.uniform(size=(b, s, s)) > 0.8).astype(np.float32),
+           "label": rng.integers(0, 2, b).astype(np.int32), "has_mask": np.ones(b, np.float32)}
+  variants = {"standard": ("none", 0), "fgsm_rs": ("fgsm_rs", 1),
+              f"pgd-{args.steps}": ("pgd", args.steps), f"trades-{args.steps}": ("trades", args.steps)}
+  par = parallel.DataParallel(parallel.make_mesh(1), "shard_map")
+  fns, state = {}, None
+  for name, (method, k) in variants.items():
+    c = common.base_config()
+    c.model.name, c.image_size, c.batch_size = args.arch, s, b
+    c.model.seg_head = args.seg_head
+    c.data.name = "busi" if args.seg_head else "synthetic_lesions"
+    c.adv.method, c.adv.steps = method, max(k, 1)
+    model = experiment.build_model(c, bn_axis_name=train_step.AXIS)
+    if state is None:
+      state = par.put_state(experiment.init_state(c, model, 10))
+    fns[name] = par.compile_step(functools.partial(
+        train_step.train_step, model=model, class_weights=jnp.ones(2), loss_config=c.loss,
+        adv_config=c.adv, steps_per_epoch=10), donate_state=False)
+  put = par.put_batch(batch)
+  first = {}
+  for name, fn in fns.items():
+    t0 = time.time()
+    jax.block_until_ready(fn(state, put))
+    first[name] = time.time() - t0
+  times = {name: [] for name in fns}
+  for _ in range(args.repeats):  # round-robin, so drifts in machine load hit all variants
+    for name, fn in fns.items():
+      t0 = time.time()
+      jax.block_until_ready(fn(state, put))
+      times[name].append(time.time() - t0)
+  base = statistics.median(times["standard"])
+  rows = [{"variant": n, "attack_steps": variants[n][1], "first_call_s": first[n],
+           "median_s": statistics.median(t), "ratio": statistics.median(t) / base,
+           "expected_ratio": variants[n][1] + 1} for n, t in times.items()]
+  print(f"Train step, {args.arch} at {s} px, batch {b}, seg_head={args.seg_head}, "
+        f"{jax.default_backend()} ({os.cpu_count()} cores), jax {jax.__version__}\n")
+  print("| variant | attack steps k | first call (s) | median (s) | ratio to standard | k + 1 |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['variant']} | {r['attack_steps']} | {r['first_call_s']:.1f} | {r['median_s']:.2f} "
+          f"| {r['ratio']:.2f} | {r['expected_ratio']} |")
+  out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_adv_step.json")
+  record = {"args": vars(args), "backend": jax.default_backend(), "jax": jax.__version__,
+            "machine": platform.machine(), "cores": os.cpu_count(), "rows": rows}
+  history = json.load(open(out)) if os.path.exists(out) else []
+  json.dump(history + [record], open(out, "w"), indent=2)
+
+
+if __name__ == "__main__":
+  main()
