@@ -10,32 +10,27 @@ forward/backward passes of the same model, in eval mode, plus the training pass)
 FGSM-RS is k = 1. Prints a markdown table and appends JSON to bench/results_adv_step.json.
 """
 
-import argparse
 import functools
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+import benchutil  # noqa: E402
 
 from configs import common  # noqa: E402
 from lib import experiment, parallel, train_step  # noqa: E402
 
 
 def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--arch", default="resnet18")
-  p.add_argument("--size", type=int, default=128)
-  p.add_argument("--batch", type=int, default=16)
-  p.add_argument("--steps", type=int, default=7)
-  p.add_argument("--repeats", type=int, default=3)
+  p = benchutil.parser(batch=16, steps=7)
   p.add_argument("--seg_head", action="store_true")
   args = p.parse_args()
   rng = np.random.default_rng(0)
@@ -82,11 +77,7 @@ def main():
   for r in rows:
     print(f"| {r['variant']} | {r['attack_steps']} | {r['first_call_s']:.1f} | {r['median_s']:.2f} "
           f"| {r['ratio']:.2f} | {r['expected_ratio']} |")
-  out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_adv_step.json")
-  record = {"args": vars(args), "backend": jax.default_backend(), "jax": jax.__version__,
-            "machine": platform.machine(), "cores": os.cpu_count(), "rows": rows}
-  history = json.load(open(out)) if os.path.exists(out) else []
-  json.dump(history + [record], open(out, "w"), indent=2)
+  benchutil.append_record("results_adv_step.json", args, rows)
 
 
 if __name__ == "__main__":

@@ -7,29 +7,24 @@ few runs after warm-up, for unroll = 1 (rolled scan), the library default and fu
 unroll; prints a markdown table and appends it as JSON to bench/results_unroll.json.
 """
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+
+import benchutil  # noqa: E402
 
 from lib import attacks, models  # noqa: E402
 
 
 def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--arch", default="resnet18")
-  p.add_argument("--size", type=int, default=128)
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--steps", type=int, default=10)
-  p.add_argument("--repeats", type=int, default=3)
+  p = benchutil.parser(batch=8, steps=10)
   args = p.parse_args()
   model = models.ARCHITECTURES[args.arch]()
   variables = models.init_variables(model, 0, args.size)
@@ -55,11 +50,7 @@ def main():
   print("| variant | unroll | first call (s) | median (s) |\n|---|---|---|---|")
   for r in rows:
     print(f"| {r['variant']} | {r['unroll']} | {r['compile_plus_first_s']:.1f} | {r['median_s']:.2f} |")
-  out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_unroll.json")
-  record = {"args": vars(args), "backend": jax.default_backend(), "jax": jax.__version__,
-            "machine": platform.machine(), "cores": os.cpu_count(), "rows": rows}
-  history = json.load(open(out)) if os.path.exists(out) else []
-  json.dump(history + [record], open(out, "w"), indent=2)
+  benchutil.append_record("results_unroll.json", args, rows)
 
 
 if __name__ == "__main__":
