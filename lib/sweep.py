@@ -287,8 +287,8 @@ def run_sweep(config, workdir: str) -> list[dict]:
                                  title=f"{name} / {label}")
         else:
           report.plot_adversarial_examples(arrays, examples, class_names, path, config.figure_eps)
-  if jax.process_index() == 0:
-    write_sweep_outputs(rows, workdir, counter.count)
+      if jax.process_index() == 0:  # after every attack: an interrupted sweep keeps what it did
+        write_sweep_outputs(rows, workdir, counter.count)
   return rows
 
 
