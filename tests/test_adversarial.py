@@ -46,8 +46,10 @@ def _step(c, num_devices, state=None, batch=None):
   return state, jax.device_get(par.get_state(new_state)), jax.device_get(par.get_metrics(metrics))
 
 
-@pytest.mark.parametrize("method,bn_mode", [("pgd", "eval"), ("trades", "eval"),
-                                            ("fgsm_rs", "eval"), ("pgd", "train")])
+@pytest.mark.parametrize("method,bn_mode", [
+    ("pgd", "eval"), ("trades", "eval"),
+    pytest.param("fgsm_rs", "eval", marks=pytest.mark.slow),
+    pytest.param("pgd", "train", marks=pytest.mark.slow)])
 def test_sharded_adversarial_step_equals_single_device_step(method, bn_mode):
   if jax.device_count() < 8:
     pytest.skip("needs 8 (fake) devices")
