@@ -58,6 +58,9 @@ def test_masking_checks_flag_a_masked_curve():
   assert any("above random noise" in i for i in issues)
   assert not sweep.masking_checks([dict(model="m", attack="fgsm", eps=e, accuracy=1 - e)
                                    for e in (0.0, 0.1)])
+  keep = [dict(model="m", attack="fgsm", eps=0.01, accuracy=0.3),
+          dict(model="m", attack="grad_cam-keep-30", eps=0.01, accuracy=0.9)]
+  assert not sweep.masking_checks(keep)   # label-keeping explanation attacks are not masking
 
 
 def test_sweep_on_8_devices_gives_the_numbers_of_one(trained, tmp_path):
