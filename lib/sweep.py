@@ -188,7 +188,7 @@ def cell_metrics(clean_probs, adv_probs, labels, pert: dict) -> dict:
 
 
 def map_cell_metrics(clean_map, adv_map, clean_probs, adv_probs, masks=None,
-                     top_k: float = 0.05) -> dict:
+                     top_k: float = 0.05) -> tuple[dict, np.ndarray]:
   """How much an attack changed the explanation: label-kept and flip rates (against the
   clean prediction), Spearman / Pearson / top-k intersection / SSIM between the clean and
   the attacked map, their centre-of-mass shift (pixels), and the share of the map's
