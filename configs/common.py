@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Start from another run and choose what trains (fine-tuning, robustifying stages).
   c.init_from = ""               # train.py work dir whose weights start this run
   c.init_from_which = "best"     # best | latest
+  c.init_from_torch = ""         # torchvision ResNet weights (.safetensors / .pth), e.g. ImageNet
   c.transplant_from = ""         # work dir whose `transplant_stages` replace ours
   c.transplant_stages = ()       # e.g. ('stem', 'stage1')
   c.trainable = ()               # modules that train; () = all, e.g. ('stem', 'stage1')

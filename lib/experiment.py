@@ -15,7 +15,7 @@ from typing import Optional
 import jax
 import ml_collections
 
-from lib import checkpoint, data, models, parallel, train_step
+from lib import checkpoint, data, models, parallel, torch_weights, train_step
 
 
 class _QuietLibraries(logging.Filter):
@@ -61,11 +61,19 @@ def build_parallel(config) -> parallel.DataParallel:
 def init_state(config, model, steps_per_epoch: int) -> train_step.TrainState:
   """A fresh TrainState; its rng drives everything random in the step.
 
-  The weights are random, or those of ``config.init_from`` (fine-tuning), with the
+  The weights are random, or those of ``config.init_from`` (fine-tuning) or of the
+  torchvision ResNet file ``config.init_from_torch`` (lib/torch_weights.py), with the
   modules ``config.transplant_stages`` then taken from ``config.transplant_from``.
   """
   state = fresh_state(config, model, steps_per_epoch)
   variables = state.variables
+  if config.get("init_from") and config.get("init_from_torch"):
+    raise ValueError("Set init_from (a train.py run) or init_from_torch (a torchvision "
+                     "file), not both.")
+  if config.get("init_from_torch"):
+    variables, notes = torch_weights.load_torchvision(config.init_from_torch, variables)
+    logging.info("Weights from %s (torchvision layout)%s", config.init_from_torch,
+                 "".join(f"\n  {n}" for n in notes))
   if config.get("init_from"):
     variables = _weights_from(config.init_from, config.get("init_from_which", "best"),
                               variables, config)
