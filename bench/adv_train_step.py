@@ -29,32 +29,45 @@ from configs import common  # noqa: E402
 from lib import experiment, parallel, train_step  # noqa: E402
 
 
+def compile_train_steps(arch: str, size: int, batch_size: int, variants: dict, *,
+                        seg_head: bool = False, in_channels: int = 1, mean=None, std=None,
+                        variables=None):
+  """``(steps, state, batch)``: ``{name: compiled step}`` for ``{name: (adv.method, k)}``,
+  all from the same initial state (random, or ``variables``) and one random batch."""
+  rng = np.random.default_rng(0)
+  b, s = batch_size, size
+  batch = {"image": rng.uniform(size=(b, s, s, in_channels)).astype(np.float32),
+           "mask": (rng.uniform(size=(b, s, s)) > 0.8).astype(np.float32),
+           "label": rng.integers(0, 2, b).astype(np.int32), "has_mask": np.ones(b, np.float32)}
+  par = parallel.DataParallel(parallel.make_mesh(1), "shard_map")
+  steps, state = {}, None
+  for name, (method, k) in variants.items():
+    c = common.base_config()
+    c.model.name, c.image_size, c.batch_size = arch, s, b
+    c.model.seg_head, c.model.in_channels = seg_head, in_channels
+    if mean is not None:
+      c.model.mean, c.model.std = tuple(mean), tuple(std)
+    c.data.name = "busi" if seg_head else "synthetic_lesions"
+    c.adv.method, c.adv.steps = method, max(k, 1)
+    model = experiment.build_model(c, bn_axis_name=train_step.AXIS)
+    if state is None:
+      state = experiment.init_state(c, model, 10)
+      if variables is not None:
+        state = train_step.TrainState.create(variables, state.tx, state.rng)
+    steps[name] = par.compile_step(functools.partial(
+        train_step.train_step, model=model, class_weights=jnp.ones(2), loss_config=c.loss,
+        adv_config=c.adv, steps_per_epoch=10), donate_state=False)
+  return steps, par.put_state(state), (batch, par.put_batch(batch))
+
+
 def main():
   p = benchutil.parser(batch=16, steps=7)
   p.add_argument("--seg_head", action="store_true")
   args = p.parse_args()
-  rng = np.random.default_rng(0)
-  b, s = args.batch, args.size
-  batch = {"image": rng.uniform(size=(b, s, s, 1)).astype(np.float32),
-           "mask": (rng.uniform(size=(b, s, s)) > 0.8).astype(np.float32),
-           "label": rng.integers(0, 2, b).astype(np.int32), "has_mask": np.ones(b, np.float32)}
+  s, b = args.size, args.batch
   variants = {"standard": ("none", 0), "fgsm_rs": ("fgsm_rs", 1),
               f"pgd-{args.steps}": ("pgd", args.steps), f"trades-{args.steps}": ("trades", args.steps)}
-  par = parallel.DataParallel(parallel.make_mesh(1), "shard_map")
-  fns, state = {}, None
-  for name, (method, k) in variants.items():
-    c = common.base_config()
-    c.model.name, c.image_size, c.batch_size = args.arch, s, b
-    c.model.seg_head = args.seg_head
-    c.data.name = "busi" if args.seg_head else "synthetic_lesions"
-    c.adv.method, c.adv.steps = method, max(k, 1)
-    model = experiment.build_model(c, bn_axis_name=train_step.AXIS)
-    if state is None:
-      state = par.put_state(experiment.init_state(c, model, 10))
-    fns[name] = par.compile_step(functools.partial(
-        train_step.train_step, model=model, class_weights=jnp.ones(2), loss_config=c.loss,
-        adv_config=c.adv, steps_per_epoch=10), donate_state=False)
-  put = par.put_batch(batch)
+  fns, state, (_, put) = compile_train_steps(args.arch, s, b, variants, seg_head=args.seg_head)
   first = {}
   for name, fn in fns.items():
     t0 = time.time()

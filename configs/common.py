@@ -23,6 +23,8 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32",           # float32 | bfloat16 (compute; params stay float32)
       width=0,                   # 0: the architecture's default
       decoder_channels=0,
+      mean=(),                   # per-channel normalisation inside the model; () = the
+      std=(),                    # default (0.449, 0.226: ImageNet's averaged over RGB)
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -69,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
       check_steps=10,            # every epoch: PGD-k accuracy on a held-out val batch
       check_images=64,
       overfit_drop=0.3,          # ... a fall by this much below its best is catastrophic
+      overfit_ratio=0.5,         # ... overfitting if also below this share of clean accuracy
       overfit_stop=True,         # ... overfitting: stop (True) or only warn
   ))
   # Start from another run and choose what trains (fine-tuning, robustifying stages).

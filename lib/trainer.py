@@ -28,36 +28,54 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def robust_accuracy_fn(eval_model, adv):
-  """``(variables, x, y) -> accuracy`` under PGD-``check_steps`` at the training eps
-  (eval mode, random start): the per-epoch check for catastrophic overfitting, where
-  FGSM training suddenly stops giving robustness to PGD (Wong et al. 2020, Sec. 5)."""
+  """``(variables, x, y) -> (clean accuracy, PGD accuracy, classes predicted)`` under
+  PGD-``check_steps`` at the training eps (eval mode, random start): the per-epoch check
+  for catastrophic overfitting, where FGSM training suddenly stops giving robustness to
+  PGD (Wong et al. 2020, Sec. 5)."""
 
   @jax.jit
   def fn(variables, x, y):
     logits_fn = models.model_fns(eval_model, variables).logits_fn
     x_adv = attacks.pgd(logits_fn, x, y, eps=adv.eps, step_size=adv.eps / 4,
                         steps=adv.check_steps, key=jax.random.PRNGKey(0))
-    return (jnp.argmax(logits_fn(x_adv), -1) == y).mean()
+    logits = logits_fn(x)
+    pred = jnp.argmax(logits, -1)
+    classes = (jnp.bincount(pred, length=logits.shape[-1]) > 0).sum()
+    return (pred == y).mean(), (jnp.argmax(logits_fn(x_adv), -1) == y).mean(), classes
   return fn
 
 
 class OverfittingMonitor:
-  """Tracks the held-out PGD accuracy and flags a fall of ``overfit_drop`` below its best."""
+  """Flags catastrophic overfitting: the held-out PGD accuracy falls ``overfit_drop`` below
+  its best *and* below ``overfit_ratio`` x the clean accuracy on the same images.
+
+  The second condition and skipping epochs whose clean predictions are all one class keep
+  early training from raising false alarms: a network that predicts one class for every
+  image is "robust" (its PGD accuracy equals its clean accuracy, the class share), and
+  small medical data sets swing between such states in the first epochs (seen on BUSI,
+  where the check stopped PGD training at epoch 4 before these rules).
+  """
 
   def __init__(self, adv):
     self.adv, self.best = adv, -1.0
 
-  def update(self, accuracy: float, epoch: int) -> bool:
+  def update(self, clean: float, robust: float, epoch: int, classes: int = 2) -> bool:
     """True when training should stop."""
-    self.best = max(self.best, accuracy)
-    if accuracy < self.best - self.adv.overfit_drop:
+    if classes < 2:
+      logging.info("Overfitting check skipped at epoch %d: one class predicted for every "
+                   "held-out image.", epoch)
+      return False
+    adv = self.adv
+    collapsed = robust < self.best - adv.overfit_drop and robust < adv.overfit_ratio * clean
+    self.best = max(self.best, robust)
+    if collapsed:
       logging.warning(
           "Catastrophic overfitting at epoch %d: PGD-%d accuracy on held-out images fell to "
-          "%.3f from %.3f (adv.overfit_drop=%.2f). %s", epoch, self.adv.check_steps, accuracy,
-          self.best, self.adv.overfit_drop,
-          "Stopping; the best checkpoint is kept." if self.adv.overfit_stop else
+          "%.3f from %.3f (clean %.3f; adv.overfit_drop=%.2f, adv.overfit_ratio=%.2f). %s",
+          epoch, adv.check_steps, robust, self.best, clean, adv.overfit_drop, adv.overfit_ratio,
+          "Stopping; the best checkpoint is kept." if adv.overfit_stop else
           "Continuing (adv.overfit_stop=False).")
-      return self.adv.overfit_stop
+      return adv.overfit_stop
     return False
 
 
@@ -187,8 +205,10 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
       val_metrics = {f"val_{k}": v for k, v in val_metrics.items()}
       overfitted = False
       if adversarial_training:
-        val_metrics["val_pgd_accuracy"] = float(robust_fn(host_state.variables, check_x, check_y))
-        overfitted = monitor.update(val_metrics["val_pgd_accuracy"], epoch)
+        clean, robust, classes = robust_fn(host_state.variables, check_x, check_y)
+        val_metrics["val_check_accuracy"] = float(clean)
+        val_metrics["val_pgd_accuracy"] = float(robust)
+        overfitted = monitor.update(float(clean), float(robust), epoch, int(classes))
       writer.write(done, {**val_metrics, "epoch": epoch})
       logging.info("epoch %d val: %s", epoch, _fmt(val_metrics))
       ckpt.save(done, train_step.state_to_dict(host_state), train_iter.get_state(), meta,

@@ -169,14 +169,18 @@ def test_init_from_another_architecture_is_refused(trained_pair, tmp_path):
 def test_overfitting_monitor(caplog):
   c = _config("fgsm_rs", overfit_drop=0.2, overfit_stop=True)
   m = trainer.OverfittingMonitor(c.adv)
-  assert not m.update(0.5, 1) and not m.update(0.6, 2) and not m.update(0.45, 3)
+  assert not m.update(0.8, 0.5, 1) and not m.update(0.8, 0.6, 2) and not m.update(0.8, 0.45, 3)
+  # one class for every image: its "robustness" is the class share, not evidence
+  assert not m.update(0.3, 0.3, 4, classes=1)
+  # a fall that still keeps more than half the clean accuracy is not a collapse
+  assert not m.update(0.6, 0.35, 5)
   with caplog.at_level(logging.WARNING):
-    assert m.update(0.3, 4)
+    assert m.update(0.8, 0.1, 6)
   assert "Catastrophic overfitting" in caplog.text
   c.adv.overfit_stop = False
   warn_only = trainer.OverfittingMonitor(c.adv)
-  warn_only.update(0.9, 1)
-  assert not warn_only.update(0.0, 2)
+  warn_only.update(0.9, 0.9, 1)
+  assert not warn_only.update(0.9, 0.0, 2)
 
 
 @pytest.mark.parametrize("variant", ["pgd,cpu", "iterative", "fgsm_rs,cpu", "trades", "finetune,cpu",

@@ -80,3 +80,42 @@ def test_normalisation_is_inside_the_model(tiny):
   # Same output as a model without normalisation fed the normalised image.
   np.testing.assert_allclose(jax.jit(normalised.apply)(v, x)[0],
                              jax.jit(plain.apply)(v, (x - 0.5) / 0.25)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel,stride,dilation,padding", [
+    (3, 1, 1, [(1, 1), (1, 1)]), (3, 2, 1, [(1, 1), (1, 1)]), (3, 1, 2, [(2, 2), (2, 2)]),
+    (1, 2, 1, "VALID"), (3, 2, 1, "SAME"), (7, 2, 1, [(3, 3), (3, 3)])])
+def test_im2col_convolution_equals_xla_with_gradients(kernel, stride, dilation, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((3, 6, 6, 5)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 5, 4)), jnp.float32)
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  def run(impl):
+    def f(x, w):
+      y = impl(x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation),
+               dimension_numbers=dn)
+      return (y ** 2).sum(), y
+    (_, y), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(x, w)
+    return y, grads
+  y0, g0 = run(jax.lax.conv_general_dilated)
+  y1, g1 = run(models.conv_general_dilated)
+  np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4)
+  for a, b in zip(g1, g0):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+  # and it really took the im2col path (no convolution left in the program)
+  jaxpr = str(jax.make_jaxpr(lambda x, w: models.conv_general_dilated(
+      x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation),
+      dimension_numbers=dn))(x, w))
+  assert "conv_general_dilated" not in jaxpr
+
+
+def test_small_map_convolutions_change_nothing_but_the_program(tiny):
+  model, variables = tiny
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 32, 32, 1)), jnp.float32)
+  xla = model.clone(im2col_max_pixels=0)
+  np.testing.assert_allclose(model.apply(variables, x, method=models.ResNet.logits),
+                             xla.apply(variables, x, method=models.ResNet.logits), rtol=1e-5,
+                             atol=1e-5)
+  count = lambda m: str(jax.make_jaxpr(
+      lambda x: m.apply(variables, x, method=models.ResNet.logits))(x)).count("conv_general_dilated")
+  assert count(model) < count(xla)
