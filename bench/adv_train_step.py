@@ -31,7 +31,7 @@ from lib import experiment, parallel, train_step  # noqa: E402
 
 def compile_train_steps(arch: str, size: int, batch_size: int, variants: dict, *,
                         seg_head: bool = False, in_channels: int = 1, mean=None, std=None,
-                        variables=None):
+                        variables=None, im2col_max_pixels: int = 64):
   """``(steps, state, batch)``: ``{name: compiled step}`` for ``{name: (adv.method, k)}``,
   all from the same initial state (random, or ``variables``) and one random batch."""
   rng = np.random.default_rng(0)
@@ -49,7 +49,8 @@ def compile_train_steps(arch: str, size: int, batch_size: int, variants: dict, *
       c.model.mean, c.model.std = tuple(mean), tuple(std)
     c.data.name = "busi" if seg_head else "synthetic_lesions"
     c.adv.method, c.adv.steps = method, max(k, 1)
-    model = experiment.build_model(c, bn_axis_name=train_step.AXIS)
+    model = experiment.build_model(c, bn_axis_name=train_step.AXIS,
+                                   im2col_max_pixels=im2col_max_pixels)
     if state is None:
       state = experiment.init_state(c, model, 10)
       if variables is not None:

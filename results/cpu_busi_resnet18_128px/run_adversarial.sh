@@ -6,8 +6,9 @@
 #
 #   nohup bash results/cpu_busi_resnet18_128px/run_adversarial.sh > runs/adversarial.log 2>&1 &
 #
-# The adversarially trained runs use 20 epochs (the standard run 40) to fit a session on
-# 2 cores: PGD-7 costs about 4x a standard step (bench/adv_train_step.txt).
+# The adversarially trained runs use 20 epochs (the standard run 40) and the fine-tuning
+# runs 5 to fit a session on 2 cores: PGD-7 costs about 4x a standard step
+# (bench/adv_train_step.txt).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -21,25 +22,30 @@ train() {  # train VARIANT WORKDIR [flags...]
 }
 
 train pgd,cpu runs/busi_pgd_cpu --config.num_epochs=20
-train iterative,cpu runs/busi_iter_cpu --config.num_epochs=20
-train finetune,cpu runs/busi_pgd_ft_cpu --config.init_from=runs/busi_pgd_cpu
-train first_layers,cpu runs/busi_first_cpu --config.init_from=runs/busi_baseline_cpu
-train transplant,cpu runs/busi_transplant_cpu --config.init_from=runs/busi_baseline_cpu \
-    --config.transplant_from=runs/busi_pgd_cpu
+train finetune,cpu runs/busi_pgd_ft_cpu --config.init_from=runs/busi_pgd_cpu --config.num_epochs=5
 
-# Accuracy against eps: standard vs PGD-AT vs iterative AT (FGSM, BIM-10, PGD-10).
-if [[ ! -e runs/sweep_adversarial/results.csv ]]; then
-  timed $PY attack.py --config=configs/attack_sweep.py:cpu \
-      --config.checkpoints=runs/busi_baseline_cpu,runs/busi_pgd_cpu,runs/busi_iter_cpu \
-      --config.attacks="({'name':'fgsm'},{'name':'bim','steps':10,'step_size_factor':0.25},{'name':'pgd','steps':10,'step_size_factor':0.25})" \
-      --workdir=runs/sweep_adversarial
-fi
+ATTACKS="({'name':'fgsm'},{'name':'bim','steps':10,'step_size_factor':0.25},{'name':'pgd','steps':10,'step_size_factor':0.25})"
+sweep() {  # sweep WORKDIR CHECKPOINTS: accuracy against eps (FGSM, BIM-10, PGD-10)
+  [[ -e $1/results.csv ]] && { echo "skip $1"; return; }
+  timed $PY attack.py --config=configs/attack_sweep.py:cpu --config.checkpoints="$2" \
+      --config.attacks="$ATTACKS" --workdir="$1"
+}
+sweep runs/sweep_adversarial runs/busi_baseline_cpu,runs/busi_pgd_cpu,runs/busi_pgd_ft_cpu
+
+train first_layers,cpu runs/busi_first_cpu --config.init_from=runs/busi_baseline_cpu \
+    --config.num_epochs=5
+train transplant,cpu runs/busi_transplant_cpu --config.init_from=runs/busi_baseline_cpu \
+    --config.transplant_from=runs/busi_pgd_cpu --config.num_epochs=5
 
 # Saliency of standard vs robust models (skin-cancer study): sharpness, coherence, lesion energy.
 if [[ ! -e runs/explain_adversarial/summary.md ]]; then
   timed $PY explain.py --config=configs/explain.py \
-      --config.checkpoints=runs/busi_baseline_cpu,runs/busi_pgd_cpu,runs/busi_pgd_ft_cpu,runs/busi_first_cpu,runs/busi_transplant_cpu,runs/busi_iter_cpu \
+      --config.checkpoints=runs/busi_baseline_cpu,runs/busi_pgd_cpu,runs/busi_pgd_ft_cpu,runs/busi_first_cpu,runs/busi_transplant_cpu \
       --config.batch_size=32 --config.smoothgrad_samples=8 --config.faithfulness=False \
       --config.methods="('gradient','smoothgrad','grad_cam')" --workdir=runs/explain_adversarial
 fi
+
+# Iterative adversarial training (the oncology study's remedy).
+train iterative,cpu runs/busi_iter_cpu --config.num_epochs=20
+sweep runs/sweep_iterative runs/busi_iter_cpu
 echo "chain done"
