@@ -60,7 +60,8 @@ def test_sharded_adversarial_step_equals_single_device_step(method, bn_mode):
     np.testing.assert_allclose(got_m[key], ref_m[key], rtol=1e-4, atol=1e-6, err_msg=key)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref.params),
                           jax.tree_util.tree_leaves(got.params)):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+    # atol: float rounding (im2col matmuls sum in another order for 2 vs 16 images)
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
 def test_adversarial_step_differs_from_the_standard_one():
