@@ -36,7 +36,10 @@ def _batch(n=16, size=32, seed=0):
 
 
 def _step(c, num_devices, state=None, batch=None):
-  model = experiment.build_model(c, bn_axis_name=train_step.AXIS)
+  # XLA's convolutions throughout: the CPU im2col path (lib/models.conv_general_dilated)
+  # rounds differently for 2 and 16 images, and PGD's sign steps amplify that into other
+  # adversarial pixels, which is float noise, not what these tests are about.
+  model = experiment.build_model(c, bn_axis_name=train_step.AXIS, im2col_max_pixels=0)
   state = state if state is not None else experiment.init_state(c, model, steps_per_epoch=4)
   par = parallel.DataParallel(parallel.make_mesh(num_devices), "shard_map")
   fn = par.compile_step(functools.partial(
@@ -60,8 +63,7 @@ def test_sharded_adversarial_step_equals_single_device_step(method, bn_mode):
     np.testing.assert_allclose(got_m[key], ref_m[key], rtol=1e-4, atol=1e-6, err_msg=key)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref.params),
                           jax.tree_util.tree_leaves(got.params)):
-    # atol: float rounding (im2col matmuls sum in another order for 2 vs 16 images)
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
 def test_adversarial_step_differs_from_the_standard_one():
