@@ -59,7 +59,7 @@ def main():
           f"| {row[1][1]:.1f} |")
   print("\n| ResNet-18, batch 64, 64 px | forward (s) | input gradient (s) |\n|---|---|---|")
   x = jnp.asarray(rng.uniform(size=(64, 64, 64, 3)), jnp.float32)
-  for label, px in (("XLA convolutions", 0), ("im2col for maps <= 64 px (default)", 64)):
+  for label, px in (("XLA convolutions", 0), ("im2col for maps <= 64 px (model.im2col_max_pixels=64)", 64)):
     m = models.ResNet18(in_channels=3, im2col_max_pixels=px)
     v = models.init_variables(m, 0, 64)
     f = lambda z, m=m, v=v: m.apply(v, z, method=models.ResNet.logits)

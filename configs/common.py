@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32",           # float32 | bfloat16 (compute; params stay float32)
       width=0,                   # 0: the architecture's default
       decoder_channels=0,
+      im2col_max_pixels=0,       # CPU: convs with <= this many output pixels as im2col (64)
       mean=(),                   # per-channel normalisation inside the model; () = the
       std=(),                    # default (0.449, 0.226: ImageNet's averaged over RGB)
   ))
