@@ -51,6 +51,7 @@ def get_config(variant: str = ""):
   c.map_metrics = True             # measure the change of the explanation in every cell
   c.map_method = "grad_cam"        # ... of this method, for class attacks
   c.top_k = 0.05                   # top-k intersection: k as a fraction of the pixels
+  c.resume = True                  # skip (model, attack) pairs already in workdir/results.json
   if variant == "quick":
     c.eps = (0.0, 0.002, 0.004, 0.008)
     c.attacks = (attack("fgsm"), attack("pgd", steps=10, step_size_factor=0.25),

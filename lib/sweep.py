@@ -257,7 +257,7 @@ def run_sweep(config, workdir: str) -> list[dict]:
   if config.batch_size % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by {mesh.size} devices.")
   counter = CompileCounter()
-  rows = []
+  rows = previous_cells(config, workdir) if config.get("resume", True) else []
   for ckpt in checkpoints:
     train_config, model, variables = experiment.restore_model(ckpt, config.which)
     name = os.path.basename(os.path.normpath(ckpt))
@@ -269,6 +269,9 @@ def run_sweep(config, workdir: str) -> list[dict]:
     for spec in config.attacks:
       t0, before = time.time(), counter.count
       label = attack_label(spec)
+      if _done(rows, name, label, dict(spec).get("eps") or config.eps):
+        logging.info("%s / %s: already in %s, skipped", name, label, workdir)
+        continue
       cells, examples = run_attack_grid(model, variables, arrays, config, spec, mesh, counter,
                                         in_channels=train_config.model.in_channels,
                                         keep_examples=config.figure_examples, has_masks=has_masks)
@@ -288,8 +291,41 @@ def run_sweep(config, workdir: str) -> list[dict]:
         else:
           report.plot_adversarial_examples(arrays, examples, class_names, path, config.figure_eps)
       if jax.process_index() == 0:  # after every attack: an interrupted sweep keeps what it did
-        write_sweep_outputs(rows, workdir, counter.count)
+        write_sweep_outputs(rows, workdir, counter.count, config)
+  if jax.process_index() == 0:
+    write_sweep_outputs(rows, workdir, counter.count, config, complete=True)
   return rows
+
+
+# Settings that change every cell's numbers: a resumed sweep must have the same ones.
+_RESUME_KEYS = ("split", "which", "max_images", "seed", "map_metrics", "map_method", "top_k")
+
+
+def previous_cells(config, workdir: str) -> list[dict]:
+  """The cells an interrupted (or extended) sweep already wrote to ``workdir``.
+
+  A (model, attack) pair whose eps are all there is skipped, so re-running the same
+  command resumes a sweep and adding a checkpoint or an attack computes only the new
+  cells. Refuses, naming the setting, when the earlier sweep used another split, seed,
+  image count or map settings (its numbers would not be comparable)."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    previous = json.load(f)
+  settings = previous.get("settings", {})
+  for k in _RESUME_KEYS:
+    if k in settings and k in config and settings[k] != config[k]:
+      raise ValueError(
+          f"{path} was written with {k}={settings[k]!r}, this sweep has {k}={config[k]!r}. "
+          "Use another --workdir, or --config.resume=False to overwrite it.")
+  logging.info("Resuming from %s: %d cells already done.", path, len(previous["cells"]))
+  return previous["cells"]
+
+
+def _done(rows, model: str, label: str, eps) -> bool:
+  have = {r["eps"] for r in rows if r["model"] == model and r["attack"] == label}
+  return all(float(e) in have for e in eps)
 
 
 def masking_checks(rows) -> list[str]:
@@ -327,9 +363,14 @@ def masking_checks(rows) -> list[str]:
   return issues
 
 
-def write_sweep_outputs(rows, workdir, compilations: int) -> None:
+def write_sweep_outputs(rows, workdir, compilations: int, config=None,
+                        complete: bool = False) -> None:
+  """results.json (cells, the settings of :data:`_RESUME_KEYS`, ``complete`` once the whole
+  grid is done), CSV/markdown tables, accuracy-against-eps plots and report.md."""
+  settings = {k: config[k] for k in _RESUME_KEYS if config is not None and k in config}
   with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"compilations": compilations, "cells": rows}, f, indent=2)
+    json.dump({"compilations": compilations, "complete": complete, "settings": settings,
+               "cells": rows}, f, indent=2)
   report.write_table(rows, os.path.join(workdir, "results"), RESULT_COLUMNS)
   summary = [{"model": r["model"], "attack": r["attack"], "eps": r["eps"], "accuracy": r["accuracy"],
               "balanced_accuracy": r["balanced_accuracy"], "auc": r["auc"],
@@ -350,7 +391,8 @@ def write_sweep_outputs(rows, workdir, compilations: int) -> None:
                 "none: accuracy falls with eps, iterative attacks beat FGSM, attacks beat noise "
                 "(for the attacks in this grid)")
   with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(f"# Attack sweep\n\n{compilations} compilation(s) for the whole grid.\n\n{table}\n"
+    f.write(f"# Attack sweep\n\n{compilations} compilation(s) in the run that wrote this "
+            f"({'whole grid done' if complete else 'grid not finished'}).\n\n{table}\n"
             f"## Gradient-masking checks\n\n{check_text}\n\n"
             "![accuracy against eps](accuracy_vs_eps.png)\n")
     if map_table:

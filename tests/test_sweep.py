@@ -48,6 +48,31 @@ def test_sweep_compiles_once_per_attack_and_writes_outputs(trained, tmp_path):
   assert pgd[-1][1] < pgd[0][1]          # accuracy falls with eps
 
 
+def test_sweep_resumes_where_it_stopped(trained, tmp_path):
+  c = _config(trained[4], 1)
+  c.attacks = c.attacks[:2]                             # FGSM and PGD-10
+  first = sweep.run_sweep(c, str(tmp_path))
+  path = tmp_path / "results.json"
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved["complete"] and saved["compilations"] == 2
+  # Interrupted after FGSM: the PGD cells are missing, so only PGD runs again.
+  saved["cells"] = [r for r in saved["cells"] if r["attack"] == "fgsm"]
+  saved["complete"] = False
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  again = sweep.run_sweep(c, str(tmp_path))
+  with open(path) as f:
+    assert json.load(f)["compilations"] == 1
+  assert again == first                                 # same cells, same numbers
+  assert sweep.run_sweep(c, str(tmp_path)) == first     # complete: nothing to do
+  c.seed = 1
+  with pytest.raises(ValueError, match="seed=0"):
+    sweep.run_sweep(c, str(tmp_path))
+  c.resume = False
+  assert len(sweep.run_sweep(c, str(tmp_path))) == len(first)
+
+
 def test_masking_checks_flag_a_masked_curve():
   rows = [dict(model="m", attack=a, eps=e, accuracy=acc) for a, e, acc in [
       ("fgsm", 0.0, 0.9), ("fgsm", 0.01, 0.3), ("pgd-10", 0.0, 0.9), ("pgd-10", 0.01, 0.5),

@@ -25,8 +25,8 @@ train pgd,cpu runs/busi_pgd_cpu --config.num_epochs=20
 train finetune,cpu runs/busi_pgd_ft_cpu --config.init_from=runs/busi_pgd_cpu --config.num_epochs=5
 
 ATTACKS="({'name':'fgsm'},{'name':'bim','steps':10,'step_size_factor':0.25},{'name':'pgd','steps':10,'step_size_factor':0.25})"
-sweep() {  # sweep WORKDIR CHECKPOINTS: accuracy against eps (FGSM, BIM-10, PGD-10)
-  [[ -e $1/results.csv ]] && { echo "skip $1"; return; }
+sweep() {  # sweep WORKDIR CHECKPOINTS: accuracy against eps (FGSM, BIM-10, PGD-10); resumes
+  grep -qs '"complete": true' "$1/results.json" && { echo "skip $1"; return; }
   timed $PY attack.py --config=configs/attack_sweep.py:cpu --config.checkpoints="$2" \
       --config.attacks="$ATTACKS" --workdir="$1"
 }
