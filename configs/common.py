@@ -35,6 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
       label_set="binary",        # busi: binary (benign vs malignant) | three_class
       resize="pad",              # pad (keep aspect) | stretch
       num_threads=2,
+      # > 0: group-aware stratified k-fold over all labelled images instead of the stored
+      # split; `fold` is the test fold, val_fraction of the other folds' groups select
+      # checkpoints (lib/data.py cv_assignment)
+      folds=0, fold=0, fold_seed=0, val_fraction=0.1,
       # synthetic_lesions only
       synthetic_size=64, num_train=512, num_val=128, num_test=128, synthetic_seed=0,
       augment=ml_collections.ConfigDict(dict(

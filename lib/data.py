@@ -15,6 +15,7 @@ and, for evaluation, ``weight`` float32 (B,) (0 for padding).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -140,11 +141,21 @@ def load_split(data_config, split: str, image_size: int) -> dict:
 
   Returns numpy arrays ``image`` uint8 (N, S, S), ``mask`` uint8 (N, S, S), ``label``
   int32 (N,) in the label set's order, and lists ``id`` and ``group``.
+
+  With ``data_config.folds = k > 0`` the stored split is ignored: all labelled images
+  are pooled and ``split`` is ``train``/``val``/``test`` of fold ``data_config.fold``
+  of a group-aware stratified k-fold (:func:`cv_assignment`).
   """
   builder = get_builder(data_config)
+  if data_config.get("folds", 0):
+    return _cv_split(builder, data_config, split, image_size)
   if split not in builder.info.splits:
     raise DataError(f"Split {split!r} not in {data_config.name} (has "
                     f"{sorted(builder.info.splits)}).")
+  return _read_split(builder, data_config, split, image_size)
+
+
+def _read_split(builder, data_config, split: str, image_size: int) -> dict:
   source = builder.as_data_source(split)
   stored = builder.info.features["label"].names
   names = class_names(data_config)
@@ -167,6 +178,83 @@ def load_split(data_config, split: str, image_size: int) -> dict:
   image, mask, label, ids, groups = zip(*rows)
   return dict(image=np.stack(image), mask=np.stack(mask),
               label=np.asarray(label, np.int32), id=list(ids), group=list(groups))
+
+
+# ----------------------------------------------------------------------------- cross-validation
+
+
+def _order(seed: int, name: str) -> str:
+  return hashlib.sha256(f"cv{seed}:{name}".encode()).hexdigest()
+
+
+def cv_assignment(groups, labels, folds: int, seed: int = 0) -> np.ndarray:
+  """Group-aware, label-stratified k-fold: the fold (0..k-1) of every image.
+
+  All images of a group (near-duplicates, one patient) land in one fold. Groups are
+  taken per label (a group's label: its images' most common one) in an order hashed
+  with ``seed``, each into the fold that so far has the fewest images of that label
+  (then the fewest images), so every fold has about 1/k of every class. A pure function
+  of ids and seed: the same on every machine, independent of the stored order.
+  """
+  groups, labels = list(groups), np.asarray(labels)
+  if folds < 2:
+    raise ValueError(f"folds must be >= 2, got {folds}")
+  members: dict = {}
+  for i, g in enumerate(groups):
+    members.setdefault(g, []).append(i)
+  if len(members) < folds:
+    raise DataError(f"{len(members)} groups cannot fill {folds} folds.")
+  group_label = {g: int(np.bincount(labels[idx]).argmax()) for g, idx in members.items()}
+  fold_of = np.zeros(len(groups), np.int32)
+  count = np.zeros((folds, int(labels.max()) + 1), np.int64)
+  for lab in sorted(set(group_label.values())):
+    for g in sorted((g for g in members if group_label[g] == lab), key=lambda g: _order(seed, g)):
+      f = min(range(folds), key=lambda f: (count[f, lab], count[f].sum(), f))
+      fold_of[members[g]] = f
+      count[f] += np.bincount(labels[members[g]], minlength=count.shape[1])
+  return fold_of
+
+
+def cv_split_indices(groups, labels, folds: int, fold: int, seed: int = 0,
+                     val_fraction: float = 0.1) -> dict:
+  """Indices of ``train``, ``val`` and ``test`` for one fold.
+
+  ``test`` is fold ``fold``; ``val`` (for checkpoint selection) is ``val_fraction`` of
+  the other folds' groups, stratified by label and drawn with a fold-dependent hash;
+  ``train`` is the rest. No group is in two of them."""
+  if not 0 <= fold < folds:
+    raise ValueError(f"fold must be in [0, {folds}), got {fold}")
+  groups, labels = list(groups), np.asarray(labels)
+  fold_of = cv_assignment(groups, labels, folds, seed)
+  rest = [g for g in dict.fromkeys(groups[i] for i in np.flatnonzero(fold_of != fold))]
+  first = {}
+  for i, g in enumerate(groups):
+    first.setdefault(g, i)
+  val_groups = set()
+  for lab in sorted({int(labels[first[g]]) for g in rest}):
+    mine = sorted((g for g in rest if labels[first[g]] == lab),
+                  key=lambda g: _order(seed * 1000 + fold, g))
+    val_groups.update(mine[:max(1, round(val_fraction * len(mine)))])
+  in_val = np.array([g in val_groups for g in groups])
+  return {"test": np.flatnonzero(fold_of == fold),
+          "val": np.flatnonzero((fold_of != fold) & in_val),
+          "train": np.flatnonzero((fold_of != fold) & ~in_val)}
+
+
+def _cv_split(builder, data_config, split: str, image_size: int) -> dict:
+  if split not in ("train", "val", "test"):
+    raise DataError(f"With data.folds > 0 the splits are train, val and test, not {split!r}.")
+  parts = [_read_split(builder, data_config, s, image_size) for s in sorted(builder.info.splits)]
+  pooled = {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray)
+                else sum((p[k] for p in parts), [])) for k in parts[0]}
+  order = np.argsort(pooled["id"], kind="stable")
+  pooled = {k: (v[order] if isinstance(v, np.ndarray) else [v[i] for i in order])
+            for k, v in pooled.items()}
+  idx = cv_split_indices(pooled["group"], pooled["label"], data_config.folds, data_config.fold,
+                         data_config.get("fold_seed", 0),
+                         data_config.get("val_fraction", 0.1))[split]
+  return {k: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx])
+          for k, v in pooled.items()}
 
 
 def _text(x) -> str:

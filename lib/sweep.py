@@ -187,34 +187,45 @@ def cell_metrics(clean_probs, adv_probs, labels, pert: dict) -> dict:
   return row
 
 
-def map_cell_metrics(clean_map, adv_map, clean_probs, adv_probs, masks=None,
-                     top_k: float = 0.05) -> tuple[dict, np.ndarray]:
-  """How much an attack changed the explanation: label-kept and flip rates (against the
-  clean prediction), Spearman / Pearson / top-k intersection / SSIM between the clean and
-  the attacked map, their centre-of-mass shift (pixels), and the share of the map's
-  energy inside the lesion before and after (with masks). Returns ``(row, per-image
-  Spearman)``."""
-  kept = clean_probs.argmax(-1) == adv_probs.argmax(-1)
-  spearman = metrics.spearman(clean_map, adv_map)
-  pearson = metrics.pearson(clean_map, adv_map)
-  row = {"map_label_kept": float(kept.mean()), "map_flip_rate": float(1.0 - kept.mean()),
-         "spearman_median": float(np.median(spearman)), "spearman_mean": float(spearman.mean()),
-         "pearson_median": float(np.median(pearson)),
-         "top_k_intersection": float(metrics.top_k_intersection(clean_map, adv_map, top_k).mean()),
-         "map_ssim": float(metrics.map_ssim(clean_map, adv_map).mean()),
-         "com_shift_px": float(metrics.center_of_mass_shift(clean_map, adv_map).mean())}
+def map_image_metrics(clean_map, adv_map, clean_probs, adv_probs, masks=None,
+                      top_k: float = 0.05) -> dict:
+  """Per image, how much an attack changed the explanation: ``kept`` (the clean
+  prediction survived), Spearman / Pearson / top-k intersection / SSIM between the clean
+  and the attacked map, their centre-of-mass shift (pixels), and the share of the map's
+  energy inside the lesion before and after (with masks)."""
+  out = {"kept": (clean_probs.argmax(-1) == adv_probs.argmax(-1)).astype(np.float64),
+         "spearman": metrics.spearman(clean_map, adv_map),
+         "pearson": metrics.pearson(clean_map, adv_map),
+         "top_k_intersection": metrics.top_k_intersection(clean_map, adv_map, top_k),
+         "map_ssim": metrics.map_ssim(clean_map, adv_map),
+         "com_shift_px": metrics.center_of_mass_shift(clean_map, adv_map)}
   if masks is not None:
-    row["lesion_energy_clean"] = float(metrics.lesion_energy(clean_map, masks).mean())
-    row["lesion_energy_adv"] = float(metrics.lesion_energy(adv_map, masks).mean())
-  return row, spearman
+    out["lesion_energy_clean"] = metrics.lesion_energy(clean_map, masks)
+    out["lesion_energy_adv"] = metrics.lesion_energy(adv_map, masks)
+  return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def map_cell_metrics(m: dict) -> dict:
+  """The cell row of the per-image :func:`map_image_metrics` ``m``: label-kept and flip
+  rates, medians and means over images."""
+  kept = m["kept"].mean()
+  row = {"map_label_kept": float(kept), "map_flip_rate": float(1.0 - kept),
+         "spearman_median": float(np.median(m["spearman"])),
+         "spearman_mean": float(m["spearman"].mean()),
+         "pearson_median": float(np.median(m["pearson"]))}
+  row.update({k: float(m[k].mean()) for k in ("top_k_intersection", "map_ssim", "com_shift_px",
+                                               "lesion_energy_clean", "lesion_energy_adv") if k in m})
+  return row
 
 
 def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in_channels,
-                    keep_examples: int = 0, has_masks: bool = False):
+                    keep_examples: int = 0, has_masks: bool = False, per_image=None):
   """All eps of one attack on one model: list of cell rows (+ a few examples per eps).
 
   The grid is ``config.eps``, or the attack's own ``spec.eps`` (e.g. an expensive
-  explanation attack at a few eps only)."""
+  explanation attack at a few eps only). A dict passed as ``per_image`` receives, per
+  eps, the per-image results: ``adv_correct``, ``adv_prob`` (of the last class) and,
+  with map metrics, those of :func:`map_image_metrics`."""
   method = map_method(spec, config) if config.get("map_metrics", True) else ""
   fn = compile_attack(model, spec, mesh, counter, return_images=bool(keep_examples),
                       map_method=method)
@@ -234,13 +245,17 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in
     row = {"attack": attack_label(spec), "eps": float(eps),
            **cell_metrics(cat["clean_probs"], cat["adv_probs"], arrays["label"],
                           {k: cat[k] for k in ("linf", "l2", "psnr", "ssim")})}
+    images = {"adv_correct": (cat["adv_probs"].argmax(-1) == arrays["label"]).astype(np.float64),
+              "adv_prob": cat["adv_probs"][:, -1].astype(np.float64)}
     if method:
-      maps, spearman = map_cell_metrics(
+      images.update(map_image_metrics(
           cat["clean_map"], cat["adv_map"], cat["clean_probs"], cat["adv_probs"],
-          arrays["mask"] if has_masks else None, config.get("top_k", 0.05))
-      row.update(map_method=method, **maps)
-      cat["spearman"] = spearman
+          arrays["mask"] if has_masks else None, config.get("top_k", 0.05)))
+      row.update(map_method=method, **map_cell_metrics(images))
+      cat["spearman"] = images["spearman"]
     rows.append(row)
+    if per_image is not None:
+      per_image[float(eps)] = images
     if keep_examples:
       keys = ("x_adv", "adv_probs", "clean_probs", "clean_map", "adv_map", "spearman")
       examples[float(eps)] = {k: cat[k][:keep_examples] for k in keys if k in cat}

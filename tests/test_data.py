@@ -201,3 +201,52 @@ def test_real_brain_mri(tmp_path_factory):
   c.model.seg_head = False
   test = data.load_split(c.data, "test", 32)
   assert len(test["label"]) == 39 and int(test["label"].sum()) == 24
+
+
+def test_cv_folds_are_group_aware_stratified_and_cover_every_image():
+  rng = np.random.default_rng(0)
+  groups = [f"g{rng.integers(0, 120)}" for _ in range(400)]          # near-duplicate groups
+  label_of = {g: int(rng.random() < 0.35) for g in set(groups)}
+  labels = np.array([label_of[g] for g in groups])
+  fold_of = data.cv_assignment(groups, labels, 5, seed=0)
+  for g in set(groups):                                              # a group is one fold
+    assert len({fold_of[i] for i, h in enumerate(groups) if h == g}) == 1
+  share = [labels[fold_of == f].mean() for f in range(5)]
+  assert max(share) - min(share) < 0.1                               # stratified
+  sizes = np.bincount(fold_of)
+  assert sizes.min() > 0.7 * sizes.max()
+  assert not np.array_equal(fold_of, data.cv_assignment(groups, labels, 5, seed=1))
+  np.testing.assert_array_equal(fold_of, data.cv_assignment(groups, labels, 5, seed=0))
+  tests = []
+  for f in range(5):
+    idx = data.cv_split_indices(groups, labels, 5, f, seed=0, val_fraction=0.1)
+    assert sorted(np.concatenate(list(idx.values()))) == list(range(400))
+    names = {k: {groups[i] for i in v} for k, v in idx.items()}
+    assert not names["train"] & names["val"] and not names["train"] & names["test"]
+    assert not names["val"] & names["test"] and set(labels[idx["val"]]) == {0, 1}
+    tests.append(idx["test"])
+  assert sorted(np.concatenate(tests)) == list(range(400))            # out-of-fold: each once
+  with pytest.raises(ValueError, match="fold must be in"):
+    data.cv_split_indices(groups, labels, 5, 5)
+
+
+def test_cv_splits_of_the_synthetic_set_pool_all_stored_splits():
+  c = _config(folds=3, fold=1)
+  every = sum(len(data.load_split(_config().data, s, 16)["label"]) for s in ("train", "val", "test"))
+  parts = {s: data.load_split(c.data, s, 16) for s in ("train", "val", "test")}
+  assert sum(len(p["label"]) for p in parts.values()) == every
+  assert not set(parts["test"]["id"]) & set(parts["train"]["id"])
+  assert 0.25 < len(parts["test"]["label"]) / every < 0.42
+  with pytest.raises(data.DataError, match="splits are train, val and test"):
+    data.load_split(c.data, "holdout", 16)
+
+
+def test_real_busi_cv_keeps_near_duplicate_groups_together(busi_config):
+  c = busi_config.copy_and_resolve_references()
+  c.data.folds, c.data.fold = 5, 2
+  parts = {s: data.load_split(c.data, s, 16) for s in ("train", "val", "test")}
+  assert sum(len(p["label"]) for p in parts.values()) == 364 + 174   # benign + malignant
+  for a in parts:
+    for b in parts:
+      assert a == b or not set(parts[a]["group"]) & set(parts[b]["group"])
+  assert abs(parts["test"]["label"].mean() - 174 / 538) < 0.03

@@ -1,0 +1,88 @@
+"""Shared shape of the study configs (``study.py``; lib/study.py explains the statistics).
+
+A study is models x ``seeds`` x ``folds`` training runs (group-aware stratified k-fold over
+all labelled images), evaluated image by image on their held-out folds.
+"""
+
+import ml_collections
+
+from configs import attack_sweep
+
+# What is reported for every model of every study: the classifier itself.
+CLASSIFICATION = ("auc", "sensitivity", "specificity", "accuracy", "balanced_accuracy")
+
+
+def model(name: str, config: str, *overrides) -> ml_collections.ConfigDict:
+  """A model of the study: a train.py config (``"configs/busi_mtl.py:cpu"``) and
+  ``(dotted field, value)`` overrides; a value ``"{run:OTHER}"`` is the run dir of model
+  OTHER on the same seed and fold (e.g. ``("init_from", "{run:pgd}")``)."""
+  return ml_collections.ConfigDict(dict(name=name, config=config, overrides=tuple(overrides)))
+
+
+def model_variant(scale: str) -> str:
+  """The variant of the train.py configs for a study scale: their ``cpu`` for ``cpu`` and
+  ``test`` (the test scale shrinks it further), their default for ``full``."""
+  return "cpu" if scale in ("cpu", "test") else ""
+
+
+def claim(text: str, metric: str, a: str, b: str, direction: str = "greater"):
+  """A claim of the study, judged from the paired comparison ``a - b`` of ``metric``."""
+  return ml_collections.ConfigDict(dict(text=text, metric=metric, a=a, b=b, direction=direction))
+
+
+def base(name: str, variant: str, title: str, claim_text: str) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = name
+  c.title = title
+  c.claim = claim_text
+  c.command = f"python study.py --config=configs/studies/{name}.py:{variant} --workdir=runs/study_{name}_{variant}"
+  c.results_dir = f"results/{name}_{variant}"
+  c.runs_dir = ""                  # '' -> --workdir; another study's work dir shares its runs
+  c.stages = ("train", "evaluate", "summarise")
+  c.folds = 5
+  c.seeds = (0, 1)                 # repetitions: fold assignment and training seed
+  c.models = ()
+  c.overrides = ()                 # (field, value) pairs applied to every model
+  c.attacks = ()                   # entries as in attack.py, measured on every held-out fold
+  c.eps = (0.004,)
+  c.map_metrics = True             # for every attack, how much the map_method map changed
+  c.map_method = "grad_cam"
+  c.top_k = 0.05
+  c.methods = ()                   # saliency methods whose map quality is measured
+  c.smoothgrad_samples = 8
+  c.batch_size = 32
+  c.num_devices = 0
+  c.metrics = CLASSIFICATION
+  c.comparisons = ()               # (a, b): paired a - b for every metric
+  c.claims = ()
+  c.n_boot = 1000
+  c.figure_eps = 0.004
+  c.figure_images = 4
+  return c
+
+
+def scale(c, variant: str, *, cpu_epochs: int = 30):
+  """``cpu``: ResNet-18 at 128 px (im2col for the small late-stage maps: the CPU speed-up
+  of lib/models.py); ``full``: each model config's own scale (ResNet-50, 224 px, bf16) for
+  a GPU; ``test``: a tiny ResNet on 80 synthetic lesions at 32 px, 2 folds, one seed,
+  for the tests."""
+  if variant == "cpu":
+    c.overrides += (("num_epochs", cpu_epochs), ("model.im2col_max_pixels", 64))
+  elif variant == "test":
+    c.folds, c.seeds, c.n_boot, c.batch_size = 2, (0,), 50, 16
+    c.overrides += (("model.name", "resnet_tiny"), ("model.width", 8), ("image_size", 32),
+                    ("num_epochs", 2), ("batch_size", 16), ("eval_batch_size", 32),
+                    ("async_checkpointing", False), ("data.name", "synthetic_lesions"),
+                    ("data.synthetic_size", 32), ("data.num_train", 48), ("data.num_val", 16),
+                    ("data.num_test", 16), ("model.decoder_channels", 8), ("num_devices", 1),
+                    ("log_every_steps", 100))
+  elif variant != "full":
+    raise ValueError(f"Unknown variant {variant!r}: cpu, full or test.")
+  return c
+
+
+def attack(name, **kw):
+  return attack_sweep.attack(name, **kw)
+
+
+explanation = attack_sweep.explanation

@@ -1,0 +1,545 @@
+"""Cross-validated studies: models x seeds x group-aware folds, per-image records,
+confidence intervals and paired tests.
+
+A single split misleads on data sets of a few hundred images, so every comparison
+between models is made over a repeated, group-aware, label-stratified k-fold
+(:func:`lib.data.cv_assignment`; repetition ``r`` uses fold assignment ``fold_seed = r``
+and training seed ``r``). A study config (``configs/studies/``) names
+
+* ``models``: each a ``train.py`` config (``"configs/busi_mtl.py:cpu"``) with overrides;
+  an override value ``"{run:NAME}"`` is the work dir of model ``NAME`` on the same seed and
+  fold (fine-tuning a robust model, transplanting its stages);
+* ``attacks`` (entries of ``attack.py``'s ``attacks``) at ``eps`` and saliency ``methods``
+  measured on every held-out fold, image by image (:func:`evaluate_run`);
+* ``metrics`` and the ``comparisons`` (and ``claims``) to report.
+
+Stages (each resumes; a finished run or evaluation is never redone):
+train every run -> evaluate every run on its test fold (``per_image.csv``) -> summarise.
+The summary (:func:`summarise`) reports per model and metric
+
+* the mean over the k x r fold runs with the corrected resampled-t 95 % CI (Nadeau &
+  Bengio 2003: the variance is inflated by ``1/(k r) + n_test/n_train`` because the
+  training sets overlap), and
+* the pooled out-of-fold value (every image predicted once per repetition by the model
+  that did not see it) with a percentile bootstrap 95 % CI over images, resampling whole
+  groups (near-duplicates / patients together);
+
+and for each comparison ``a - b`` the same two, paired: the corrected resampled t-test
+over the fold runs and a paired group bootstrap over the out-of-fold images.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import os
+import platform
+import re
+import time
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from scipy import stats
+
+from lib import data, experiment, explain_report, metrics, models, parallel, report, sweep, trainer
+
+CLASSIFICATION = ("auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy")
+_RUN = re.compile(r"\{run:([A-Za-z0-9_\-]+)\}")
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def load_train_config(spec: str) -> ml_collections.ConfigDict:
+  """``"configs/busi_mtl.py:cpu"`` -> that file's ``get_config("cpu")``."""
+  path, _, variant = spec.partition(":")
+  if not os.path.isabs(path):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"Config file {path} (from model config {spec!r}) does not exist.")
+  module_spec = importlib.util.spec_from_file_location(
+      "study_config_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def run_dir(study, workdir: str, model: str, seed: int, fold: int) -> str:
+  """Where one training run of the study lives (``study.runs_dir`` can point at another
+  study's runs, which are then shared, not retrained)."""
+  return os.path.join(study.get("runs_dir") or workdir, model, f"seed{seed}_fold{fold}")
+
+
+def _set(c, dotted: str, value):
+  *parents, leaf = dotted.split(".")
+  for p in parents:
+    c = c[p]
+  if leaf not in c:
+    raise KeyError(f"Unknown config field {dotted!r} in a study override.")
+  c[leaf] = type(c[leaf])(value) if isinstance(c[leaf], (tuple, list)) else value
+
+
+def train_config_for(study, model_spec, seed: int, fold: int, workdir: str):
+  """The ``train.py`` config of one (model, seed, fold) run."""
+  c = load_train_config(model_spec.config)
+  names = {m.name for m in study.models}
+
+  def resolve(v):
+    if not isinstance(v, str):
+      return v
+    for ref in _RUN.findall(v):
+      if ref not in names:
+        raise KeyError(f"{model_spec.name}: override refers to unknown model {ref!r}.")
+    return _RUN.sub(lambda m: run_dir(study, workdir, m.group(1), seed, fold), v)
+
+  for overrides in (study.get("overrides", ()), model_spec.get("overrides", ())):
+    for k, v in overrides:
+      _set(c, k, resolve(v))
+  c.seed = seed
+  c.data.folds, c.data.fold, c.data.fold_seed = study.folds, fold, seed
+  return c
+
+
+def all_runs(study):
+  """``(model spec, seed, fold)`` in training order: seeds, folds, then models in the order
+  given (so a model that starts from another comes after it)."""
+  return [(m, s, f) for s in study.seeds for f in range(study.folds) for m in study.models]
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def train_runs(study, workdir: str) -> None:
+  """Trains every run that has no ``test_metrics.json`` yet (an interrupted one resumes
+  from its latest checkpoint)."""
+  for m, seed, fold in all_runs(study):
+    rd = run_dir(study, workdir, m.name, seed, fold)
+    if os.path.exists(os.path.join(rd, "test_metrics.json")):
+      continue
+    logging.info("Study %s: training %s seed %d fold %d/%d -> %s", study.name, m.name, seed,
+                 fold + 1, study.folds, rd)
+    t0 = time.time()
+    trainer.train_and_evaluate(train_config_for(study, m, seed, fold, workdir), rd)
+    with open(os.path.join(rd, "train_time.json"), "w") as f:
+      json.dump({"seconds": time.time() - t0}, f)
+
+
+def _attack_config(study) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      eps=tuple(study.eps), batch_size=study.batch_size, seed=0, map_metrics=study.map_metrics,
+      map_method=study.map_method, top_k=study.top_k))
+
+
+def _explain_config(study) -> ml_collections.ConfigDict:
+  from configs import explain
+  c = explain.get_config()
+  c.methods, c.faithfulness, c.batch_size = tuple(study.methods), False, study.batch_size
+  c.smoothgrad_samples = study.smoothgrad_samples
+  return c
+
+
+def evaluate_run(study, rd: str, *, figures_to: str = "", model_name: str = "") -> dict:
+  """Per-image records of one run on its held-out fold: ``prob`` (of the positive class)
+  and ``correct``; for every attack and eps ``<attack>@<eps>:<field>`` (``adv_correct``,
+  ``spearman``, ``lesion_energy_adv`` ... of :func:`lib.sweep.run_attack_grid`); for
+  every saliency method ``<method>:<quality>`` (lesion energy, total variation, Gini,
+  entropy of :func:`lib.explain_report.map_quality`). Written to ``rd/per_image.csv``.
+  With ``figures_to``, before/after figures of the attacks are written there."""
+  config, model, variables = experiment.restore_model(rd, "best")
+  arrays = data.load_split(config.data, "test", config.image_size)
+  in_channels, has_masks = config.model.in_channels, data.DATASETS[config.data.name].has_masks
+  probs_fn = jax.jit(lambda v, x: jax.nn.softmax(models.model_fns(model, v).logits_fn(x), -1))
+  n, bs = len(arrays["label"]), study.batch_size
+  probs = np.concatenate([
+      np.asarray(probs_fn(variables, data.to_model_input(
+          arrays["image"][np.minimum(np.arange(s, s + bs), n - 1)], in_channels)))
+      for s in range(0, n, bs)])[:n]
+  rec = {"id": list(arrays["id"]), "group": list(arrays["group"]),
+         "label": arrays["label"].astype(np.float64), "prob": probs[:, -1].astype(np.float64),
+         "correct": (probs.argmax(-1) == arrays["label"]).astype(np.float64)}
+  acfg, mesh = _attack_config(study), parallel.make_mesh(study.get("num_devices", 0))
+  class_names = data.class_names(config.data)
+  for spec in study.attacks:
+    per_image = {}
+    _, examples = sweep.run_attack_grid(
+        model, variables, arrays, acfg, spec, mesh, sweep.CompileCounter(),
+        in_channels=in_channels, keep_examples=4 if figures_to else 0, has_masks=has_masks,
+        per_image=per_image)
+    label = sweep.attack_label(spec)
+    for eps, fields in per_image.items():
+      rec.update({f"{label}@{eps:g}:{k}": v for k, v in fields.items()})
+    if figures_to and examples:
+      eps = min(examples, key=lambda e: abs(e - study.figure_eps))
+      path = os.path.join(figures_to, f"examples_{model_name}_{label}.png")
+      if dict(spec)["name"] == sweep.EXPLANATION:
+        report.plot_map_attack(arrays, examples, class_names, path, eps,
+                               title=f"{model_name} / {label}")
+      else:
+        report.plot_adversarial_examples(arrays, examples, class_names, path, eps)
+  maps = {}
+  if study.methods:
+    _, _, _, per_method, maps, _ = explain_report.explain_checkpoint(rd, _explain_config(study))
+    for method, q in per_method.items():
+      rec.update({f"{method}:{k}": np.asarray(v, np.float64) for k, v in q.items()})
+  write_records(rec, os.path.join(rd, "per_image.csv"))
+  return {"records": rec, "arrays": arrays, "maps": maps, "class_names": class_names}
+
+
+def write_records(rec: dict, path: str) -> None:
+  keys = list(rec)
+  with open(path + ".tmp", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(keys)
+    for i in range(len(rec["id"])):
+      w.writerow([rec[k][i] if isinstance(rec[k], list) else repr(float(rec[k][i])) for k in keys])
+  os.replace(path + ".tmp", path)   # a half-written file never looks finished
+
+
+def read_records(path: str) -> dict:
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  out = {"id": [r["id"] for r in rows], "group": [r["group"] for r in rows]}
+  for k in rows[0] if rows else ():
+    if k not in out:
+      out[k] = np.array([float(r[k]) for r in rows])
+  return out
+
+
+def evaluate_runs(study, workdir: str, results_dir: str) -> None:
+  """Evaluates every trained run without ``per_image.csv``; the first repetition's first
+  fold also draws the figures (attack before/after, maps of all models side by side)."""
+  first = {}
+  for m, seed, fold in all_runs(study):
+    rd = run_dir(study, workdir, m.name, seed, fold)
+    out = os.path.join(rd, "per_image.csv")
+    figures = seed == study.seeds[0] and fold == 0
+    if not os.path.exists(os.path.join(rd, "test_metrics.json")):
+      continue
+    if os.path.exists(out) and not (figures and study.methods and
+                                    not os.path.exists(os.path.join(results_dir, "maps.png"))):
+      continue
+    logging.info("Study %s: evaluating %s seed %d fold %d", study.name, m.name, seed, fold)
+    result = evaluate_run(study, rd, figures_to=results_dir if figures else "", model_name=m.name)
+    if figures and result["maps"]:
+      first[m.name] = result
+  if len(first) == len(study.models):
+    report.plot_model_comparison(first, os.path.join(results_dir, "maps.png"),
+                                 study.figure_images)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def metric_fn(name: str) -> Callable[[dict, np.ndarray], float]:
+  """``records, index -> value`` of a metric name: one of :data:`CLASSIFICATION`, or
+  ``mean:<column>`` / ``median:<column>`` of a per-image column."""
+  if name in CLASSIFICATION:
+    def classify(rec, idx):
+      p = rec["prob"][idx]
+      m = metrics.classification_metrics(np.stack([1 - p, p], -1), rec["label"][idx].astype(int))
+      return float(m[name])
+    return classify
+  how, _, column = name.partition(":")
+  if how not in ("mean", "median") or not column:
+    raise ValueError(f"Unknown metric {name!r}: use {CLASSIFICATION}, 'mean:<column>' or "
+                     "'median:<column>'.")
+  reduce = np.nanmean if how == "mean" else np.nanmedian
+  return lambda rec, idx: float(reduce(rec[column][idx]))
+
+
+def corrected_t(values, test_fraction: float, level: float = 0.95):
+  """Mean of k x r fold values with the corrected resampled t interval and two-sided
+  p-value against 0 (Nadeau & Bengio 2003; Bouckaert & Frank 2004).
+  ``test_fraction`` is n_test / n_train of one fold. Returns ``(mean, low, high, p)``."""
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  n = len(v)
+  if n < 2:
+    return (float(v.mean()) if n else float("nan"),) + (float("nan"),) * 3
+  mean = v.mean()
+  if np.ptp(v) == 0:   # every fold gave the same value
+    return float(v[0]), float(v[0]), float(v[0]), 1.0 if v[0] == 0 else 0.0
+  se = np.sqrt((1.0 / n + test_fraction) * v.var(ddof=1))
+  t = stats.t.ppf(0.5 + level / 2, n - 1)
+  p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+  return float(mean), float(mean - t * se), float(mean + t * se), p
+
+
+def group_bootstrap(pooled: list[dict], fn, *, paired: list[dict] | None = None,
+                    n_boot: int = 1000, seed: int = 0, level: float = 0.95):
+  """The pooled out-of-fold value of a metric (mean over repetitions) with a percentile
+  bootstrap CI that resamples whole groups; with ``paired`` (the other model's records,
+  same images), of the difference, with the two-sided bootstrap p-value.
+  Returns ``(value, low, high, p)``."""
+  def value(idx_per_rep):
+    vals = [fn(r, i) for r, i in zip(pooled, idx_per_rep)]
+    if paired is not None:
+      vals = [a - fn(r, i) for a, r, i in zip(vals, paired, idx_per_rep)]
+    return float(np.mean(vals))
+
+  members = []
+  for rec in pooled:
+    by = {}
+    for i, g in enumerate(rec["group"]):
+      by.setdefault(g, []).append(i)
+    members.append(by)
+  groups = sorted(members[0])
+  full = [np.arange(len(r["id"])) for r in pooled]
+  estimate = value(full)
+  rng = np.random.default_rng(seed)
+  boots = []
+  for _ in range(n_boot):
+    pick = [groups[j] for j in rng.integers(0, len(groups), len(groups))]
+    boots.append(value([np.concatenate([by[g] for g in pick]) for by in members]))
+  boots = np.asarray(boots)
+  boots = boots[np.isfinite(boots)]
+  a = (1 - level) / 2
+  p = float(min(1.0, 2 * min((boots <= 0).mean(), (boots >= 0).mean()))) if paired else float("nan")
+  return estimate, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)), p
+
+
+def _aligned(records: list[dict], order: list[str]) -> dict:
+  """One repetition's out-of-fold records (its k test folds), rows in ``order`` of ids."""
+  pooled = {k: (sum((r[k] for r in records), []) if isinstance(records[0][k], list)
+                else np.concatenate([r[k] for r in records])) for k in records[0]}
+  pos = {i: n for n, i in enumerate(pooled["id"])}
+  take = [pos[i] for i in order]
+  return {k: ([v[j] for j in take] if isinstance(v, list) else v[take]) for k, v in pooled.items()}
+
+
+def summarise(study, workdir: str, results_dir: str) -> dict:
+  """Tables, figures and README of the finished runs (see the module docstring)."""
+  os.makedirs(results_dir, exist_ok=True)
+  recs, missing = {}, []
+  for m, seed, fold in all_runs(study):
+    path = os.path.join(run_dir(study, workdir, m.name, seed, fold), "per_image.csv")
+    if os.path.exists(path):
+      recs[m.name, seed, fold] = read_records(path)
+    else:
+      missing.append(f"{m.name}/seed{seed}_fold{fold}")
+  names = [m.name for m in study.models]
+  complete_reps = [s for s in study.seeds
+                   if all((n, s, f) in recs for n in names for f in range(study.folds))]
+  test_fraction = 1.0 / (study.folds - 1)
+  per_run, model_rows, comparison_rows = [], [], []
+  pooled = {}
+  for n in names:
+    pooled[n] = []
+    for s in complete_reps:
+      order = sorted(sum((recs[names[0], s, f]["id"] for f in range(study.folds)), []))
+      pooled[n].append(_aligned([recs[n, s, f] for f in range(study.folds)], order))
+  for metric in study.metrics:
+    fn = metric_fn(metric)
+    values = {}
+    for (n, s, f), r in sorted(recs.items(), key=lambda kv: kv[0][1:]):
+      if _has_column(r, metric):
+        v = fn(r, np.arange(len(r["id"])))
+        values.setdefault(n, {})[s, f] = v
+        per_run.append({"model": n, "seed": s, "fold": f, "metric": metric, "value": v})
+    for n in names:
+      if n not in values:
+        continue
+      mean, lo, hi, _ = corrected_t(list(values[n].values()), test_fraction)
+      row = {"metric": metric, "model": n, "mean": mean, "ci_low": lo, "ci_high": hi,
+             "runs": len(values[n])}
+      if pooled[n] and _has_column(pooled[n][0], metric):
+        row["oof"], row["oof_low"], row["oof_high"], _ = group_bootstrap(
+            pooled[n], fn, n_boot=study.n_boot)
+        row["images"] = len(pooled[n][0]["id"])
+      model_rows.append(row)
+    for a, b in study.comparisons:
+      if a not in values or b not in values:
+        continue
+      both = sorted(set(values[a]) & set(values[b]))
+      diffs = [values[a][k] - values[b][k] for k in both]
+      if not diffs:
+        continue
+      d, lo, hi, p = corrected_t(diffs, test_fraction)
+      row = {"metric": metric, "a": a, "b": b, "diff": d, "ci_low": lo, "ci_high": hi,
+             "p_corrected_t": p, "a_wins": int(sum(x > 0 for x in diffs)), "runs": len(diffs)}
+      if pooled[a] and _has_column(pooled[a][0], metric):
+        row["oof_diff"], row["oof_low"], row["oof_high"], row["p_bootstrap"] = group_bootstrap(
+            pooled[a], fn, paired=pooled[b], n_boot=study.n_boot)
+      comparison_rows.append(row)
+  report.write_table(per_run, os.path.join(results_dir, "per_run"))
+  model_table = report.write_table(model_rows, os.path.join(results_dir, "models"))
+  comparison_table = report.write_table(comparison_rows, os.path.join(results_dir, "comparisons"))
+  for n in names:
+    for s, rec in zip(complete_reps, pooled[n]):
+      write_records(rec, os.path.join(results_dir, f"per_image_{n}_seed{s}.csv"))
+  plot_metrics(model_rows, study, os.path.join(results_dir, "metrics.png"))
+  curves = plot_eps_curves(model_rows, study, os.path.join(results_dir, "accuracy_vs_eps.png"))
+  verdicts = [judge(c, comparison_rows) for c in study.get("claims", ())]
+  write_readme(study, results_dir, model_table, comparison_table, verdicts, missing,
+               complete_reps, curves, workdir)
+  return {"models": model_rows, "comparisons": comparison_rows, "verdicts": verdicts,
+          "missing": missing}
+
+
+def _has_column(rec: dict, metric: str) -> bool:
+  return metric in CLASSIFICATION or metric.partition(":")[2] in rec
+
+
+def judge(claim, comparison_rows) -> dict:
+  """Did a claim hold? ``claim``: ``metric``, ``a``, ``b``, ``direction`` (``greater``:
+  the study says a > b; ``less``). Held: the corrected-t CI of ``a - b`` excludes 0 on the
+  claimed side; reversed: it excludes 0 on the other; otherwise not shown."""
+  row = next((r for r in comparison_rows if r["metric"] == claim["metric"] and
+              r["a"] == claim["a"] and r["b"] == claim["b"]), None)
+  if row is None:
+    return {**dict(claim), "verdict": "not measured"}
+  sign = 1 if claim["direction"] == "greater" else -1
+  lo, hi = sorted((sign * row["ci_low"], sign * row["ci_high"]))
+  verdict = "held" if lo > 0 else "reversed" if hi < 0 else "not shown (CI includes 0)"
+  return {**dict(claim), "verdict": verdict, "diff": row["diff"], "ci_low": row["ci_low"],
+          "ci_high": row["ci_high"], "p": row["p_corrected_t"]}
+
+
+# ----------------------------------------------------------------------------- figures, README
+
+
+def plot_metrics(model_rows, study, path: str) -> None:
+  """One panel per metric: every model's mean over fold runs with its 95 % CI."""
+  rows = [r for r in model_rows if np.isfinite(r["mean"])]
+  if not rows:
+    return
+  plt = report._plt()
+  panels = list(dict.fromkeys(r["metric"] for r in rows))
+  cols = min(4, len(panels))
+  nrows = -(-len(panels) // cols)
+  fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+  names = [m.name for m in study.models]
+  for ax, metric in zip(axes.flat, panels):
+    mine = {r["model"]: r for r in rows if r["metric"] == metric}
+    xs = [i for i, n in enumerate(names) if n in mine]
+    ys = [mine[names[i]]["mean"] for i in xs]
+    err = [[mine[names[i]]["mean"] - mine[names[i]]["ci_low"] for i in xs],
+           [mine[names[i]]["ci_high"] - mine[names[i]]["mean"] for i in xs]]
+    ax.errorbar(xs, ys, yerr=np.nan_to_num(np.asarray(err)), fmt="o", capsize=4)
+    ax.set_xticks(range(len(names)), names, rotation=30, fontsize=8)
+    ax.set_title(metric.replace(":", "\n", 1), fontsize=8)
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(panels):]:
+    ax.axis("off")
+  fig.suptitle(f"{study.name}: mean over {study.folds}-fold x {len(study.seeds)} runs, 95 % CI "
+               "(corrected resampled t)", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+_EPS_METRIC = re.compile(r"^mean:(.+)@([0-9.e\-]+):adv_correct$")
+
+
+def plot_eps_curves(model_rows, study, path: str) -> bool:
+  """Accuracy under each attack against eps (clean accuracy at eps 0), mean and 95 % CI
+  band per model; eps = ``study.figure_eps`` marked."""
+  curves = {}
+  clean = {r["model"]: r for r in model_rows if r["metric"] == "accuracy"}
+  for r in model_rows:
+    m = _EPS_METRIC.match(r["metric"])
+    if m:
+      curves.setdefault((r["model"], m.group(1)), []).append((float(m.group(2)), r))
+  curves = {k: sorted(v, key=lambda t: t[0]) for k, v in curves.items() if len(v) > 1}
+  if not curves:
+    return False
+  plt = report._plt()
+  attacks = sorted({a for _, a in curves})
+  fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 3.4), squeeze=False)
+  for ax, attack in zip(axes.flat, attacks):
+    for model in [m.name for m in study.models]:
+      pts = curves.get((model, attack))
+      if not pts:
+        continue
+      if model in clean and pts[0][0] > 0:
+        pts = [(0.0, clean[model])] + pts
+      eps = [e for e, _ in pts]
+      line, = ax.plot(eps, [r["mean"] for _, r in pts], "o-", label=model)
+      ax.fill_between(eps, [r["ci_low"] for _, r in pts], [r["ci_high"] for _, r in pts],
+                      color=line.get_color(), alpha=0.2)
+    ax.axvline(study.figure_eps, color="gray", ls=":", lw=1)
+    ax.set_title(attack, fontsize=9)
+    ax.set_xlabel("eps (pixels in [0, 1])")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+  axes.flat[0].set_ylabel("accuracy under attack")
+  axes.flat[0].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def _versions() -> str:
+  import flax
+  import optax
+  return (f"python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}, "
+          f"optax {optax.__version__}, numpy {np.__version__}; {jax.devices()[0].device_kind} "
+          f"x {jax.device_count()}")
+
+
+def write_readme(study, results_dir, model_table, comparison_table, verdicts, missing,
+                 complete_reps, curves: bool, workdir: str) -> None:
+  """README.md: claim, verdicts, tables, figures, command, versions, wall time, and a
+  hand-written ``notes.md`` (discussion) when there is one."""
+  seconds = 0.0
+  for m, seed, fold in all_runs(study):
+    t = os.path.join(run_dir(study, workdir, m.name, seed, fold), "train_time.json")
+    if os.path.exists(t):
+      with open(t) as f:
+        seconds += json.load(f)["seconds"]
+  with open(os.path.join(results_dir, "study_config.json"), "w") as f:
+    f.write(study.to_json_best_effort(indent=2))
+  notes_path = os.path.join(results_dir, "notes.md")
+  notes = open(notes_path).read() if os.path.exists(notes_path) else ""
+  lines = [f"# {study.title}", "", f"**The study's claim.** {study.claim}", ""]
+  if verdicts:
+    lines += ["## Did it hold?", "", "| claim | metric | a - b | 95 % CI | p | verdict |",
+              "|---|---|---|---|---|---|"]
+    for v in verdicts:
+      fmt = lambda k: f"{v[k]:.3f}" if isinstance(v.get(k), float) else ""
+      lines.append(f"| {v['text']} | `{v['metric']}` ({v['a']} vs {v['b']}) | {fmt('diff')} | "
+                   f"{fmt('ci_low')} .. {fmt('ci_high')} | {fmt('p')} | **{v['verdict']}** |")
+    lines.append("")
+  status = (f"{len(complete_reps)} of {len(study.seeds)} repetitions complete"
+            + (f"; {len(missing)} run(s) not evaluated yet: {', '.join(missing[:8])}"
+               + (" ..." if len(missing) > 8 else "") if missing else ""))
+  lines += [
+      "## How it was measured", "",
+      f"Group-aware, label-stratified {study.folds}-fold cross-validation over all labelled "
+      f"images (the manifest's `group` column), repeated with seeds {tuple(study.seeds)} "
+      f"(fold assignment and training); {status}. `mean` and its CI: over the fold runs, "
+      "corrected resampled t (Nadeau & Bengio 2003); `oof`: pooled out-of-fold value (each "
+      "image predicted by the model that did not train on it), percentile bootstrap 95 % CI "
+      f"over images resampling whole groups ({study.n_boot} resamples). Comparisons are paired "
+      "(same folds, same images).", "",
+      "## Models", "", model_table, "## Comparisons (a - b)", "", comparison_table,
+      "![metrics](metrics.png)", ""]
+  if curves:
+    lines += ["![accuracy against eps](accuracy_vs_eps.png)", ""]
+  figures = sorted(f for f in os.listdir(results_dir) if f.startswith(("examples_", "maps")))
+  lines += [f"![{f}]({f})" for f in figures] + [""]
+  if notes:
+    lines += ["## Discussion", "", notes.strip(), ""]
+  lines += ["## Reproduce", "", "```bash", study.command, "```", "",
+            f"Configs: `study_config.json` (this study), each run's `config.json` under the "
+            f"work dir. Versions: {_versions()}. Training wall time, all runs: "
+            f"{seconds / 3600:.2f} h.", ""]
+  with open(os.path.join(results_dir, "README.md"), "w") as f:
+    f.write("\n".join(lines))
+
+
+def run_study(study, workdir: str) -> dict:
+  """``study.py``'s job: the stages in ``study.stages`` (default all), then the summary."""
+  results_dir = study.results_dir
+  os.makedirs(results_dir, exist_ok=True)
+  stages = tuple(study.get("stages", ("train", "evaluate", "summarise")))
+  if "train" in stages:
+    train_runs(study, workdir)
+  if "evaluate" in stages:
+    evaluate_runs(study, workdir, results_dir)
+  return summarise(study, workdir, results_dir)

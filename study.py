@@ -1,0 +1,13 @@
+"""Runs one study end to end: cross-validated training of its models, per-image
+evaluation on every held-out fold, tables, figures and README in ``results/<study>/``.
+
+  python study.py --config=configs/studies/busi_gradcam.py:cpu --workdir=runs/study_busi_gradcam_cpu
+
+Starting the same command again resumes: finished runs and evaluations are kept.
+``--config.stages="('summarise',)"`` only rewrites the summary from what is done.
+"""
+
+from lib import cli, study
+
+if __name__ == "__main__":
+  cli.run(study.run_study, "configs/studies/busi_gradcam.py")

@@ -1,0 +1,143 @@
+"""study.py: cross-validated studies, their statistics and their reports."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from configs.studies import busi_gradcam, oncology_robustness, robust_gradcam, robust_saliency
+from lib import study
+
+
+def test_corrected_t_matches_the_formula_and_is_wider_than_the_naive_interval():
+  d = np.array([0.02, 0.05, -0.01, 0.04, 0.03, 0.00, 0.06, 0.02, 0.01, 0.03])
+  mean, lo, hi, p = study.corrected_t(d, test_fraction=0.25)
+  se = np.sqrt((1 / 10 + 0.25) * d.var(ddof=1))
+  assert mean == pytest.approx(d.mean())
+  assert hi - mean == pytest.approx(stats.t.ppf(0.975, 9) * se)
+  assert p == pytest.approx(2 * stats.t.sf(d.mean() / se, 9))
+  naive = stats.ttest_1samp(d, 0.0)
+  assert p > naive.pvalue                     # overlapping training sets: less certainty
+  assert study.corrected_t([0.1, 0.1, 0.1], 0.25)[3] == 0.0
+
+
+def test_group_bootstrap_resamples_groups_and_pairs_images():
+  rng = np.random.default_rng(0)
+  n = 200
+  groups = [f"g{i // 4}" for i in range(n)]             # 50 groups of 4 identical images
+  per_group = rng.random(50)
+  rec = {"id": [str(i) for i in range(n)], "group": groups,
+         "x": np.repeat(per_group, 4)}
+  fn = study.metric_fn("mean:x")
+  value, lo, hi, _ = study.group_bootstrap([rec], fn, n_boot=400)
+  assert value == pytest.approx(per_group.mean())
+  # 50 independent values, not 200: the interval is that of the group means.
+  se = per_group.std(ddof=1) / np.sqrt(50)
+  assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.25)
+  same = study.group_bootstrap([rec], fn, paired=[rec], n_boot=100)
+  assert same[:3] == (0.0, 0.0, 0.0)
+  shifted = dict(rec, x=rec["x"] + 0.1)
+  d, dlo, dhi, p = study.group_bootstrap([shifted], fn, paired=[rec], n_boot=100)
+  assert d == pytest.approx(0.1) and dlo == pytest.approx(0.1) and p == 0.0
+
+
+def test_metric_names_and_claims():
+  rec = {"id": ["a", "b", "c", "d"], "group": list("abcd"), "label": np.array([0., 0., 1., 1.]),
+         "prob": np.array([0.1, 0.6, 0.4, 0.9]), "s": np.array([1., 2., 3., 10.])}
+  idx = np.arange(4)
+  assert study.metric_fn("auc")(rec, idx) == pytest.approx(0.75)
+  assert study.metric_fn("sensitivity")(rec, idx) == pytest.approx(0.5)
+  assert study.metric_fn("median:s")(rec, idx) == pytest.approx(2.5)
+  with pytest.raises(ValueError, match="Unknown metric"):
+    study.metric_fn("max:s")
+  rows = [{"metric": "auc", "a": "m", "b": "p", "diff": 0.05, "ci_low": 0.01, "ci_high": 0.09,
+           "p_corrected_t": 0.02}]
+  up = dict(text="", metric="auc", a="m", b="p", direction="greater")
+  assert study.judge(up, rows)["verdict"] == "held"
+  assert study.judge(dict(up, direction="less"), rows)["verdict"] == "reversed"
+  rows[0]["ci_low"] = -0.01
+  assert study.judge(up, rows)["verdict"].startswith("not shown")
+  assert study.judge(dict(up, metric="gini"), rows)["verdict"] == "not measured"
+
+
+@pytest.mark.parametrize("variant", ["cpu", "full"])
+def test_every_study_config_builds_every_model_config(variant, tmp_path):
+  configs = [busi_gradcam.get_config(variant), robust_saliency.get_config(variant),
+             robust_gradcam.get_config(variant),
+             oncology_robustness.get_config(f"busi_{variant}"),
+             oncology_robustness.get_config(f"brain_mri_{variant}")]
+  for s in configs:
+    for m, seed, fold in study.all_runs(s):
+      c = study.train_config_for(s, m, seed, fold, str(tmp_path))
+      assert (c.data.folds, c.data.fold, c.data.fold_seed, c.seed) == (5, fold, seed, seed)
+      if variant == "cpu":
+        assert c.model.name == "resnet18" and c.image_size == 128
+      else:
+        assert c.model.name == "resnet50" and c.model.dtype == "bfloat16"
+    for metric in s.metrics:
+      study.metric_fn(metric)
+  ft = study.train_config_for(configs[1], configs[1].models[2], 1, 3, str(tmp_path))
+  assert ft.init_from == os.path.join(str(tmp_path), "pgd", "seed1_fold3")
+  shared = study.train_config_for(configs[2], configs[2].models[2], 0, 0, str(tmp_path))
+  assert shared.init_from == os.path.join("runs/study_robust_saliency_" + variant, "pgd",
+                                          "seed0_fold0")
+  with pytest.raises(ValueError, match="Unknown variant"):
+    oncology_robustness.get_config("ct_cpu")
+
+
+def test_a_study_runs_end_to_end_and_resumes(tmp_path):
+  s = busi_gradcam.get_config("test")
+  s.results_dir = str(tmp_path / "results")
+  out = study.run_study(s, str(tmp_path / "runs"))
+  res = tmp_path / "results"
+  for name in ("README.md", "models.csv", "models.md", "comparisons.csv", "per_run.csv",
+               "metrics.png", "study_config.json", "per_image_mtl_seed0.csv",
+               "examples_mtl_grad_cam-keep-3.png", "maps.png"):
+    assert os.path.getsize(res / name) > 0, name
+  assert not out["missing"]
+  rows = {(r["model"], r["metric"]): r for r in out["models"]}
+  assert rows["mtl", "auc"]["runs"] == 2 and rows["mtl", "auc"]["images"] == 80
+  for r in out["models"]:
+    assert r["ci_low"] <= r["mean"] <= r["ci_high"]
+    if "oof" in r:
+      assert r["oof_low"] <= r["oof"] <= r["oof_high"]
+  le = rows["plain", "mean:grad_cam:lesion_energy"]
+  assert 0.0 <= le["mean"] <= 1.0
+  assert {v["verdict"] for v in out["verdicts"]} <= {"held", "reversed", "not shown (CI includes 0)"}
+  # Every image is out-of-fold exactly once per repetition.
+  recs = study.read_records(str(res / "per_image_plain_seed0.csv"))
+  assert len(set(recs["id"])) == 80 and "grad_cam-keep-3@0.004:spearman" in recs
+  readme = (res / "README.md").read_text()
+  assert "Did it hold?" in readme and s.command in readme and "1 of 1 repetitions" in readme
+  # Resuming redoes nothing: no run is retrained, no evaluation recomputed.
+  stamps = {p: os.path.getmtime(p) for p in
+            (tmp_path / "runs").glob("*/*/per_image.csv")}
+  assert len(stamps) == 4
+  (res / "notes.md").write_text("Hand-written discussion.")
+  again = study.run_study(s, str(tmp_path / "runs"))
+  assert {p: os.path.getmtime(p) for p in stamps} == stamps
+  assert again["models"] == out["models"]
+  assert "Hand-written discussion." in (res / "README.md").read_text()
+
+
+def test_partial_study_is_summarised_with_what_is_missing(tmp_path):
+  s = oncology_robustness.get_config("busi_test")
+  s.results_dir = str(tmp_path / "results")
+  s.models = s.models[:1]
+  s.comparisons, s.claims = (), ()
+  s.seeds = (0, 1)
+  os.makedirs(tmp_path / "runs")
+  # Only the first repetition is trained and evaluated.
+  first = s.copy_and_resolve_references()
+  first.seeds = (0,)
+  study.run_study(first, str(tmp_path / "runs"))
+  s.stages = ("summarise",)
+  out = study.run_study(s, str(tmp_path / "runs"))
+  assert out["missing"] == ["standard/seed1_fold0", "standard/seed1_fold1"]
+  readme = (tmp_path / "results" / "README.md").read_text()
+  assert "1 of 2 repetitions complete" in readme and "standard/seed1_fold0" in readme
+  assert os.path.getsize(tmp_path / "results" / "accuracy_vs_eps.png") > 0
+  rows = {r["metric"]: r for r in out["models"]}
+  assert rows["mean:pgd-3@0.008:adv_correct"]["mean"] <= rows["accuracy"]["mean"] + 1e-9
