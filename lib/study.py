@@ -13,8 +13,8 @@ and training seed ``r``). A study config (``configs/studies/``) names
   measured on every held-out fold, image by image (:func:`evaluate_run`);
 * ``metrics`` and the ``comparisons`` (and ``claims``) to report.
 
-Stages (each resumes; a finished run or evaluation is never redone):
-train every run -> evaluate every run on its test fold (``per_image.csv``) -> summarise.
+Stages (each resumes; a finished run or evaluation is never redone): train a run, evaluate
+it on its test fold (``per_image.csv``), next run; then summarise what is there.
 The summary (:func:`summarise`) reports per model and metric
 
 * the mean over the k x r fold runs with the corrected resampled-t 95 % CI (Nadeau &
@@ -113,19 +113,19 @@ def all_runs(study):
 # ----------------------------------------------------------------------------- stages
 
 
-def train_runs(study, workdir: str) -> None:
-  """Trains every run that has no ``test_metrics.json`` yet (an interrupted one resumes
-  from its latest checkpoint)."""
-  for m, seed, fold in all_runs(study):
-    rd = run_dir(study, workdir, m.name, seed, fold)
-    if os.path.exists(os.path.join(rd, "test_metrics.json")):
-      continue
-    logging.info("Study %s: training %s seed %d fold %d/%d -> %s", study.name, m.name, seed,
-                 fold + 1, study.folds, rd)
-    t0 = time.time()
-    trainer.train_and_evaluate(train_config_for(study, m, seed, fold, workdir), rd)
-    with open(os.path.join(rd, "train_time.json"), "w") as f:
-      json.dump({"seconds": time.time() - t0}, f)
+def train_run(study, m, seed: int, fold: int, workdir: str) -> str:
+  """Trains one run unless it has ``test_metrics.json`` (an interrupted one resumes from
+  its latest checkpoint); returns its directory."""
+  rd = run_dir(study, workdir, m.name, seed, fold)
+  if os.path.exists(os.path.join(rd, "test_metrics.json")):
+    return rd
+  logging.info("Study %s: training %s seed %d fold %d/%d -> %s", study.name, m.name, seed,
+               fold + 1, study.folds, rd)
+  t0 = time.time()
+  trainer.train_and_evaluate(train_config_for(study, m, seed, fold, workdir), rd)
+  with open(os.path.join(rd, "train_time.json"), "w") as f:
+    json.dump({"seconds": time.time() - t0}, f)
+  return rd
 
 
 def _attack_config(study) -> ml_collections.ConfigDict:
@@ -209,26 +209,33 @@ def read_records(path: str) -> dict:
   return out
 
 
-def evaluate_runs(study, workdir: str, results_dir: str) -> None:
-  """Evaluates every trained run without ``per_image.csv``; the first repetition's first
-  fold also draws the figures (attack before/after, maps of all models side by side)."""
-  first = {}
-  for m, seed, fold in all_runs(study):
-    rd = run_dir(study, workdir, m.name, seed, fold)
-    out = os.path.join(rd, "per_image.csv")
-    figures = seed == study.seeds[0] and fold == 0
-    if not os.path.exists(os.path.join(rd, "test_metrics.json")):
-      continue
-    if os.path.exists(out) and not (figures and study.methods and
-                                    not os.path.exists(os.path.join(results_dir, "maps.png"))):
-      continue
-    logging.info("Study %s: evaluating %s seed %d fold %d", study.name, m.name, seed, fold)
-    result = evaluate_run(study, rd, figures_to=results_dir if figures else "", model_name=m.name)
-    if figures and result["maps"]:
-      first[m.name] = result
-  if len(first) == len(study.models):
-    report.plot_model_comparison(first, os.path.join(results_dir, "maps.png"),
-                                 study.figure_images)
+def evaluate_once(study, rd: str, model_name: str, *, figures_to: str = "") -> None:
+  """:func:`evaluate_run` unless ``rd/per_image.csv`` exists."""
+  if os.path.exists(os.path.join(rd, "per_image.csv")):
+    return
+  logging.info("Study %s: evaluating %s", study.name, rd)
+  t0 = time.time()
+  evaluate_run(study, rd, figures_to=figures_to, model_name=model_name)
+  with open(os.path.join(rd, "eval_time.json"), "w") as f:
+    json.dump({"seconds": time.time() - t0}, f)
+
+
+def plot_first_fold_maps(study, workdir: str, results_dir: str) -> None:
+  """``maps.png``: the saliency maps of every model on the first images of the first
+  repetition's first fold, side by side (once all those runs exist)."""
+  path = os.path.join(results_dir, "maps.png")
+  dirs = {m.name: run_dir(study, workdir, m.name, study.seeds[0], 0) for m in study.models}
+  if not study.methods or os.path.exists(path) or not all(
+      os.path.exists(os.path.join(d, "test_metrics.json")) for d in dirs.values()):
+    return
+  config = _explain_config(study)
+  config.max_images = study.figure_images
+  results = {}
+  for name, d in dirs.items():
+    train_config, arrays, _, _, maps, _ = explain_report.explain_checkpoint(d, config)
+    results[name] = {"arrays": arrays, "maps": maps,
+                     "class_names": data.class_names(train_config.data)}
+  report.plot_model_comparison(results, path, study.figure_images)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -372,8 +379,10 @@ def summarise(study, workdir: str, results_dir: str) -> dict:
     for s, rec in zip(complete_reps, pooled[n]):
       write_records(rec, os.path.join(results_dir, f"per_image_{n}_seed{s}.csv"))
   plot_metrics(model_rows, study, os.path.join(results_dir, "metrics.png"))
-  curves = plot_eps_curves(model_rows, study, os.path.join(results_dir, "accuracy_vs_eps.png"))
-  verdicts = [judge(c, comparison_rows) for c in study.get("claims", ())]
+  curves = [f"{field}_vs_eps.png" for field in study.get("curves", ("adv_correct",))
+            if plot_eps_curves(model_rows, study, field,
+                               os.path.join(results_dir, f"{field}_vs_eps.png"))]
+  verdicts = [judge(c, comparison_rows, model_rows) for c in study.get("claims", ())]
   write_readme(study, results_dir, model_table, comparison_table, verdicts, missing,
                complete_reps, curves, workdir)
   return {"models": model_rows, "comparisons": comparison_rows, "verdicts": verdicts,
@@ -384,19 +393,30 @@ def _has_column(rec: dict, metric: str) -> bool:
   return metric in CLASSIFICATION or metric.partition(":")[2] in rec
 
 
-def judge(claim, comparison_rows) -> dict:
-  """Did a claim hold? ``claim``: ``metric``, ``a``, ``b``, ``direction`` (``greater``:
-  the study says a > b; ``less``). Held: the corrected-t CI of ``a - b`` excludes 0 on the
-  claimed side; reversed: it excludes 0 on the other; otherwise not shown."""
-  row = next((r for r in comparison_rows if r["metric"] == claim["metric"] and
-              r["a"] == claim["a"] and r["b"] == claim["b"]), None)
+def judge(claim, comparison_rows, model_rows=()) -> dict:
+  """Did a claim hold? ``claim``: ``metric``, ``a``, ``b``, ``direction``.
+
+  ``b`` a model name: the study says ``a - b`` is > 0 (``direction="greater"``) or < 0
+  (``"less"``), judged on the paired corrected-t CI of the difference. ``b`` a number: the
+  study says model ``a``'s value is above / below it, judged on ``a``'s CI. Held: the CI
+  excludes the claimed boundary on the claimed side; reversed: on the other side;
+  otherwise not shown."""
+  claim = dict(claim)
+  if isinstance(claim["b"], str):
+    row = next((r for r in comparison_rows if r["metric"] == claim["metric"] and
+                r["a"] == claim["a"] and r["b"] == claim["b"]), None)
+    value, boundary = "diff", 0.0
+  else:
+    row = next((r for r in model_rows if r["metric"] == claim["metric"] and
+                r["model"] == claim["a"]), None)
+    value, boundary = "mean", float(claim["b"])
   if row is None:
-    return {**dict(claim), "verdict": "not measured"}
+    return {**claim, "verdict": "not measured"}
   sign = 1 if claim["direction"] == "greater" else -1
-  lo, hi = sorted((sign * row["ci_low"], sign * row["ci_high"]))
-  verdict = "held" if lo > 0 else "reversed" if hi < 0 else "not shown (CI includes 0)"
-  return {**dict(claim), "verdict": verdict, "diff": row["diff"], "ci_low": row["ci_low"],
-          "ci_high": row["ci_high"], "p": row["p_corrected_t"]}
+  lo, hi = sorted((sign * (row["ci_low"] - boundary), sign * (row["ci_high"] - boundary)))
+  verdict = "held" if lo > 0 else "reversed" if hi < 0 else "not shown (CI includes it)"
+  return {**claim, "verdict": verdict, "value": row[value], "ci_low": row["ci_low"],
+          "ci_high": row["ci_high"], "p": row.get("p_corrected_t", float("nan"))}
 
 
 # ----------------------------------------------------------------------------- figures, README
@@ -432,17 +452,21 @@ def plot_metrics(model_rows, study, path: str) -> None:
   plt.close(fig)
 
 
-_EPS_METRIC = re.compile(r"^mean:(.+)@([0-9.e\-]+):adv_correct$")
+_EPS_METRIC = re.compile(r"^(?:mean|median):(.+)@([0-9.e\-]+):(\w+)$")
+_FIELD_LABELS = {"adv_correct": "accuracy under attack", "spearman": "median Spearman, clean vs "
+                 "attacked map", "top_k_intersection": "top-k intersection",
+                 "kept": "share of labels kept", "lesion_energy_adv": "lesion energy after attack"}
 
 
-def plot_eps_curves(model_rows, study, path: str) -> bool:
-  """Accuracy under each attack against eps (clean accuracy at eps 0), mean and 95 % CI
-  band per model; eps = ``study.figure_eps`` marked."""
+def plot_eps_curves(model_rows, study, field: str, path: str) -> bool:
+  """``field`` of every attack against eps (for ``adv_correct`` the clean accuracy at eps
+  0), mean and 95 % CI band per model, eps = ``study.figure_eps`` marked. False when no
+  attack has the field at two eps or more."""
   curves = {}
   clean = {r["model"]: r for r in model_rows if r["metric"] == "accuracy"}
   for r in model_rows:
     m = _EPS_METRIC.match(r["metric"])
-    if m:
+    if m and m.group(3) == field:
       curves.setdefault((r["model"], m.group(1)), []).append((float(m.group(2)), r))
   curves = {k: sorted(v, key=lambda t: t[0]) for k, v in curves.items() if len(v) > 1}
   if not curves:
@@ -455,7 +479,7 @@ def plot_eps_curves(model_rows, study, path: str) -> bool:
       pts = curves.get((model, attack))
       if not pts:
         continue
-      if model in clean and pts[0][0] > 0:
+      if field == "adv_correct" and model in clean and pts[0][0] > 0:
         pts = [(0.0, clean[model])] + pts
       eps = [e for e, _ in pts]
       line, = ax.plot(eps, [r["mean"] for _, r in pts], "o-", label=model)
@@ -464,9 +488,8 @@ def plot_eps_curves(model_rows, study, path: str) -> bool:
     ax.axvline(study.figure_eps, color="gray", ls=":", lw=1)
     ax.set_title(attack, fontsize=9)
     ax.set_xlabel("eps (pixels in [0, 1])")
-    ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-  axes.flat[0].set_ylabel("accuracy under attack")
+  axes.flat[0].set_ylabel(_FIELD_LABELS.get(field, field))
   axes.flat[0].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -483,26 +506,31 @@ def _versions() -> str:
 
 
 def write_readme(study, results_dir, model_table, comparison_table, verdicts, missing,
-                 complete_reps, curves: bool, workdir: str) -> None:
+                 complete_reps, curves: list, workdir: str) -> None:
   """README.md: claim, verdicts, tables, figures, command, versions, wall time, and a
   hand-written ``notes.md`` (discussion) when there is one."""
-  seconds = 0.0
+  seconds = {"train": 0.0, "eval": 0.0}
   for m, seed, fold in all_runs(study):
-    t = os.path.join(run_dir(study, workdir, m.name, seed, fold), "train_time.json")
-    if os.path.exists(t):
-      with open(t) as f:
-        seconds += json.load(f)["seconds"]
+    for stage in seconds:
+      t = os.path.join(run_dir(study, workdir, m.name, seed, fold), f"{stage}_time.json")
+      if os.path.exists(t):
+        with open(t) as f:
+          seconds[stage] += json.load(f)["seconds"]
   with open(os.path.join(results_dir, "study_config.json"), "w") as f:
     f.write(study.to_json_best_effort(indent=2))
   notes_path = os.path.join(results_dir, "notes.md")
   notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   lines = [f"# {study.title}", "", f"**The study's claim.** {study.claim}", ""]
   if verdicts:
-    lines += ["## Did it hold?", "", "| claim | metric | a - b | 95 % CI | p | verdict |",
-              "|---|---|---|---|---|---|"]
+    lines += ["## Did it hold?", "", "Each claim on the mean over fold runs and its 95 % CI "
+              "(a - b for two models, paired; a model's own value against a threshold).", "",
+              "| claim | metric | compared | value | 95 % CI | p | verdict |",
+              "|---|---|---|---|---|---|---|"]
     for v in verdicts:
-      fmt = lambda k: f"{v[k]:.3f}" if isinstance(v.get(k), float) else ""
-      lines.append(f"| {v['text']} | `{v['metric']}` ({v['a']} vs {v['b']}) | {fmt('diff')} | "
+      fmt = lambda k: f"{v[k]:.3f}" if isinstance(v.get(k), float) and np.isfinite(v[k]) else ""
+      compared = (f"{v['a']} - {v['b']}" if isinstance(v["b"], str) else
+                  f"{v['a']} {'>' if v['direction'] == 'greater' else '<'} {v['b']:g}")
+      lines.append(f"| {v['text']} | `{v['metric']}` | {compared} | {fmt('value')} | "
                    f"{fmt('ci_low')} .. {fmt('ci_high')} | {fmt('p')} | **{v['verdict']}** |")
     lines.append("")
   status = (f"{len(complete_reps)} of {len(study.seeds)} repetitions complete"
@@ -519,16 +547,15 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
       "(same folds, same images).", "",
       "## Models", "", model_table, "## Comparisons (a - b)", "", comparison_table,
       "![metrics](metrics.png)", ""]
-  if curves:
-    lines += ["![accuracy against eps](accuracy_vs_eps.png)", ""]
+  lines += [f"![{c}]({c})" for c in curves] + [""]
   figures = sorted(f for f in os.listdir(results_dir) if f.startswith(("examples_", "maps")))
   lines += [f"![{f}]({f})" for f in figures] + [""]
   if notes:
     lines += ["## Discussion", "", notes.strip(), ""]
   lines += ["## Reproduce", "", "```bash", study.command, "```", "",
             f"Configs: `study_config.json` (this study), each run's `config.json` under the "
-            f"work dir. Versions: {_versions()}. Training wall time, all runs: "
-            f"{seconds / 3600:.2f} h.", ""]
+            f"work dir. Versions: {_versions()}. Wall time of all runs: training "
+            f"{seconds['train'] / 3600:.2f} h, evaluation {seconds['eval'] / 3600:.2f} h.", ""]
   with open(os.path.join(results_dir, "README.md"), "w") as f:
     f.write("\n".join(lines))
 
@@ -538,8 +565,13 @@ def run_study(study, workdir: str) -> dict:
   results_dir = study.results_dir
   os.makedirs(results_dir, exist_ok=True)
   stages = tuple(study.get("stages", ("train", "evaluate", "summarise")))
-  if "train" in stages:
-    train_runs(study, workdir)
+  for m, seed, fold in all_runs(study):   # each run evaluated as soon as it is trained
+    rd = run_dir(study, workdir, m.name, seed, fold)
+    if "train" in stages:
+      train_run(study, m, seed, fold, workdir)
+    if "evaluate" in stages and os.path.exists(os.path.join(rd, "test_metrics.json")):
+      first = seed == study.seeds[0] and fold == 0
+      evaluate_once(study, rd, m.name, figures_to=results_dir if first else "")
   if "evaluate" in stages:
-    evaluate_runs(study, workdir, results_dir)
+    plot_first_fold_maps(study, workdir, results_dir)
   return summarise(study, workdir, results_dir)

@@ -6,7 +6,7 @@ under attack.
   python study.py --config=configs/studies/oncology_robustness.py:brain_mri_cpu --workdir=runs/study_oncology_brain_mri_cpu
 
 The variant is ``<data set>_<scale>``: data set ``busi`` or ``brain_mri``, scale ``cpu``
-(ResNet-18, 128 px) or ``full`` (ResNet-50, 224 px, bf16, GPU).
+(ResNet-18, 96 px) or ``full`` (ResNet-50, 224 px, bf16, GPU).
 """
 
 from configs.studies import common
@@ -26,7 +26,7 @@ def get_config(variant: str = "busi_cpu"):
                   "CT, mammogram and MRI classifiers to 6-26 %; iterative adversarial "
                   "training lifts accuracy under attack to 63-87 %.")
   cfg = f"{DATA[dataset]}:{common.model_variant(scale)}"
-  epochs = {"cpu": 30, "test": 2}.get(scale, 40)
+  epochs = {"cpu": 15, "test": 2}.get(scale, 40)
   c.models = (
       model("standard", cfg),
       model("iterative", cfg, ("adv.method", "iterative"), ("adv.mix_ratio", 0.5),

@@ -19,7 +19,7 @@ def get_config(variant: str = "cpu"):
                   "(Not claimed by the studies; asked here.) Adversarially trained models' "
                   "Grad-CAM maps change less under the breast-ultrasound study's Grad-CAM "
                   "attacks than a standard model's.")
-  epochs = {"cpu": 30, "test": 2}.get(variant, 40)
+  epochs = {"cpu": 15, "test": 2}.get(variant, 40)
   c.models = robust_saliency.models(variant, epochs)
   c.runs_dir = f"runs/study_robust_saliency_{variant}"
   steps = 3 if variant == "test" else 20

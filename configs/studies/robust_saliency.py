@@ -38,7 +38,7 @@ def get_config(variant: str = "cpu"):
                   "coherent and highlights the lesion; fine-tuning a robust net with a small "
                   "learning rate sharpens it further; robustifying only the first layers "
                   "already gives coherent maps.")
-  epochs = {"cpu": 30, "test": 2}.get(variant, 40)
+  epochs = {"cpu": 15, "test": 2}.get(variant, 40)
   c.models = models(variant, epochs)
   c.methods = ("gradient", "smoothgrad")
   c.metrics = common.CLASSIFICATION + tuple(f"mean:{m}:{q}" for m in c.methods for q in QUALITIES)
