@@ -24,3 +24,15 @@ def test_explanation_example_runs():
   scope = {}
   exec(block, scope)
   assert scope["cam"].shape == (4, 32, 32) and scope["rho"].shape == (4,)
+
+
+def test_every_study_command_names_a_config_that_builds():
+  from lib import study
+  with open(os.path.join(ROOT, "README.md")) as f:
+    commands = re.findall(r"study\.py --config=(configs/studies/\w+\.py:\w+) --workdir=(\S+)",
+                          f.read())
+  assert len(commands) == 5
+  for spec, workdir in commands:
+    s = study.load_train_config(spec)
+    assert s.command.endswith(f"--config={spec} --workdir={workdir}")
+    assert study.all_runs(s) and s.metrics

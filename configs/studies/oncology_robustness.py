@@ -2,8 +2,8 @@
 classifiers of two imaging modalities; iterative adversarial training restores accuracy
 under attack.
 
-  python study.py --config=configs/studies/oncology_robustness.py:busi_cpu --workdir=runs/study_oncology_busi_cpu
-  python study.py --config=configs/studies/oncology_robustness.py:brain_mri_cpu --workdir=runs/study_oncology_brain_mri_cpu
+  python study.py --config=configs/studies/oncology_robustness.py:busi_cpu --workdir=runs/study_oncology_robustness_busi_cpu
+  python study.py --config=configs/studies/oncology_robustness.py:brain_mri_cpu --workdir=runs/study_oncology_robustness_brain_mri_cpu
 
 The variant is ``<data set>_<scale>``: data set ``busi`` or ``brain_mri``, scale ``cpu``
 (ResNet-18, 96 px) or ``full`` (ResNet-50, 224 px, bf16, GPU).
