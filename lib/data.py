@@ -241,15 +241,30 @@ def cv_split_indices(groups, labels, folds: int, fold: int, seed: int = 0,
           "train": np.flatnonzero((fold_of != fold) & ~in_val)}
 
 
+_POOLED: dict = {}   # (prepared data dir, label set, resize, size) -> all images, by id
+
+
+def _pooled(builder, data_config, image_size: int) -> dict:
+  """Every stored split decoded and resized, sorted by id; kept for the process (a fold's
+  train, val and test come from the same pool: decoded once, not three times)."""
+  key = (builder.data_dir, os.path.getmtime(os.path.join(builder.data_dir, "dataset_info.json")),
+         data_config.get("label_set", "binary"),
+         data_config.get("resize", "pad"), image_size)
+  if key not in _POOLED:
+    parts = [_read_split(builder, data_config, s, image_size) for s in sorted(builder.info.splits)]
+    pooled = {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray)
+                  else sum((p[k] for p in parts), [])) for k in parts[0]}
+    order = np.argsort(pooled["id"], kind="stable")
+    _POOLED.clear()
+    _POOLED[key] = {k: (v[order] if isinstance(v, np.ndarray) else [v[i] for i in order])
+                    for k, v in pooled.items()}
+  return _POOLED[key]
+
+
 def _cv_split(builder, data_config, split: str, image_size: int) -> dict:
   if split not in ("train", "val", "test"):
     raise DataError(f"With data.folds > 0 the splits are train, val and test, not {split!r}.")
-  parts = [_read_split(builder, data_config, s, image_size) for s in sorted(builder.info.splits)]
-  pooled = {k: (np.concatenate([p[k] for p in parts]) if isinstance(parts[0][k], np.ndarray)
-                else sum((p[k] for p in parts), [])) for k in parts[0]}
-  order = np.argsort(pooled["id"], kind="stable")
-  pooled = {k: (v[order] if isinstance(v, np.ndarray) else [v[i] for i in order])
-            for k, v in pooled.items()}
+  pooled = _pooled(builder, data_config, image_size)
   idx = cv_split_indices(pooled["group"], pooled["label"], data_config.folds, data_config.fold,
                          data_config.get("fold_seed", 0),
                          data_config.get("val_fraction", 0.1))[split]
