@@ -91,14 +91,22 @@ def test_every_study_config_builds_every_model_config(variant, tmp_path):
     oncology_robustness.get_config("ct_cpu")
 
 
-def test_a_study_runs_end_to_end_and_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+  """Study 1 at its test scale (2 tiny models x 2 folds on synthetic lesions), run once."""
+  tmp = tmp_path_factory.mktemp("study")
   s = busi_gradcam.get_config("test")
-  s.results_dir = str(tmp_path / "results")
-  out = study.run_study(s, str(tmp_path / "runs"))
-  res = tmp_path / "results"
+  s.results_dir = str(tmp / "results")
+  return s, tmp, study.run_study(s, str(tmp / "runs"))
+
+
+def test_a_study_runs_end_to_end_and_resumes(study_run):
+  s, tmp, out = study_run
+  res = tmp / "results"
   for name in ("README.md", "models.csv", "models.md", "comparisons.csv", "per_run.csv",
                "metrics.png", "study_config.json", "per_image_mtl_seed0.csv",
-               "examples_mtl_grad_cam-keep-3.png", "maps.png"):
+               "examples_mtl_grad_cam-keep-3.png", "examples_plain_fgsm.png", "maps.png",
+               "adv_correct_vs_eps.png"):
     assert os.path.getsize(res / name) > 0, name
   assert not out["missing"]
   rows = {(r["model"], r["metric"]): r for r in out["models"]}
@@ -109,6 +117,8 @@ def test_a_study_runs_end_to_end_and_resumes(tmp_path):
       assert r["oof_low"] <= r["oof"] <= r["oof_high"]
   le = rows["plain", "mean:grad_cam:lesion_energy"]
   assert 0.0 <= le["mean"] <= 1.0
+  for model in ("plain", "mtl"):   # an attack never raises accuracy above clean
+    assert rows[model, "mean:fgsm@0.008:adv_correct"]["mean"] <= rows[model, "accuracy"]["mean"]
   assert {v["verdict"] for v in out["verdicts"]} <= {"held", "reversed", "not shown (CI includes it)"}
   # Every image is out-of-fold exactly once per repetition.
   recs = study.read_records(str(res / "per_image_plain_seed0.csv"))
@@ -116,32 +126,23 @@ def test_a_study_runs_end_to_end_and_resumes(tmp_path):
   readme = (res / "README.md").read_text()
   assert "Did it hold?" in readme and s.command in readme and "1 of 1 repetitions" in readme
   # Resuming redoes nothing: no run is retrained, no evaluation recomputed.
-  stamps = {p: os.path.getmtime(p) for p in
-            (tmp_path / "runs").glob("*/*/per_image.csv")}
+  stamps = {p: os.path.getmtime(p) for p in (tmp / "runs").glob("*/*/per_image.csv")}
   assert len(stamps) == 4
   (res / "notes.md").write_text("Hand-written discussion.")
-  again = study.run_study(s, str(tmp_path / "runs"))
+  again = study.run_study(s, str(tmp / "runs"))
   assert {p: os.path.getmtime(p) for p in stamps} == stamps
   assert again["models"] == out["models"]
   assert "Hand-written discussion." in (res / "README.md").read_text()
 
 
-def test_partial_study_is_summarised_with_what_is_missing(tmp_path):
-  s = oncology_robustness.get_config("busi_test")
-  s.results_dir = str(tmp_path / "results")
-  s.models = s.models[:1]
-  s.comparisons, s.claims = (), ()
-  s.seeds = (0, 1)
-  os.makedirs(tmp_path / "runs")
-  # Only the first repetition is trained and evaluated.
-  first = s.copy_and_resolve_references()
-  first.seeds = (0,)
-  study.run_study(first, str(tmp_path / "runs"))
-  s.stages = ("summarise",)
-  out = study.run_study(s, str(tmp_path / "runs"))
-  assert out["missing"] == ["standard/seed1_fold0", "standard/seed1_fold1"]
-  readme = (tmp_path / "results" / "README.md").read_text()
-  assert "1 of 2 repetitions complete" in readme and "standard/seed1_fold0" in readme
-  assert os.path.getsize(tmp_path / "results" / "adv_correct_vs_eps.png") > 0
-  rows = {r["metric"]: r for r in out["models"]}
-  assert rows["mean:pgd-3@0.008:adv_correct"]["mean"] <= rows["accuracy"]["mean"] + 1e-9
+def test_partial_study_is_summarised_with_what_is_missing(study_run):
+  s, tmp, _ = study_run
+  s = s.copy_and_resolve_references()
+  s.seeds, s.stages = (0, 1), ("summarise",)       # the second repetition was never run
+  s.results_dir = str(tmp / "partial")
+  out = study.run_study(s, str(tmp / "runs"))
+  assert out["missing"] == [f"{m}/seed1_fold{f}" for f in (0, 1) for m in ("plain", "mtl")]
+  readme = (tmp / "partial" / "README.md").read_text()
+  assert "1 of 2 repetitions complete" in readme and "plain/seed1_fold0" in readme
+  rows = {(r["model"], r["metric"]): r for r in out["models"]}
+  assert rows["mtl", "auc"]["runs"] == 2 and rows["mtl", "auc"]["images"] == 80

@@ -61,9 +61,13 @@ def get_config(variant: str = "cpu"):
   )
   c.curves = ("spearman", "top_k_intersection", "kept", "lesion_energy_adv")
   if variant == "test":
-    c.attacks, c.eps = (explanation("grad_cam", mode="keep", steps=3),), (0.004,)
-    c.metrics = common.CLASSIFICATION + ("mean:grad_cam:lesion_energy",
-                                         "median:grad_cam-keep-3@0.004:spearman")
+    c.attacks = (explanation("grad_cam", mode="keep", steps=3, eps=(0.004,)),
+                 common.attack("fgsm"))
+    c.eps = (0.004, 0.008)
+    c.metrics = common.CLASSIFICATION + (
+        "mean:grad_cam:lesion_energy", "median:grad_cam-keep-3@0.004:spearman",
+        "mean:fgsm@0.004:adv_correct", "mean:fgsm@0.008:adv_correct")
+    c.curves = ("adv_correct",)
     c.claims = c.claims[:4] + (claim("keep attack", "median:grad_cam-keep-3@0.004:spearman",
                                      "mtl", 0.5, "less"),)
   return common.scale(c, variant, cpu_epochs=15)
