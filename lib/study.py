@@ -164,12 +164,14 @@ def evaluate_run(study, rd: str, *, figures_to: str = "", model_name: str = "") 
   acfg, mesh = _attack_config(study), parallel.make_mesh(study.get("num_devices", 0))
   class_names = data.class_names(config.data)
   for spec in study.attacks:
-    per_image = {}
+    per_image, t0 = {}, time.time()
     _, examples = sweep.run_attack_grid(
         model, variables, arrays, acfg, spec, mesh, sweep.CompileCounter(),
         in_channels=in_channels, keep_examples=4 if figures_to else 0, has_masks=has_masks,
         per_image=per_image)
     label = sweep.attack_label(spec)
+    logging.info("%s: %s at %d eps in %.1f s", model_name or rd, label, len(per_image),
+                 time.time() - t0)
     for eps, fields in per_image.items():
       rec.update({f"{label}@{eps:g}:{k}": v for k, v in fields.items()})
     if figures_to and examples:
