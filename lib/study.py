@@ -142,6 +142,9 @@ def _explain_config(study) -> ml_collections.ConfigDict:
   return c
 
 
+_COMPILED: dict = {}   # attack functions compiled for one architecture, reused across runs
+
+
 def evaluate_run(study, rd: str, *, figures_to: str = "", model_name: str = "") -> dict:
   """Per-image records of one run on its held-out fold: ``prob`` (of the positive class)
   and ``correct``; for every attack and eps ``<attack>@<eps>:<field>`` (``adv_correct``,
@@ -168,7 +171,7 @@ def evaluate_run(study, rd: str, *, figures_to: str = "", model_name: str = "") 
     _, examples = sweep.run_attack_grid(
         model, variables, arrays, acfg, spec, mesh, sweep.CompileCounter(),
         in_channels=in_channels, keep_examples=4 if figures_to else 0, has_masks=has_masks,
-        per_image=per_image)
+        per_image=per_image, cache=_COMPILED)
     label = sweep.attack_label(spec)
     logging.info("%s: %s at %d eps in %.1f s", model_name or rd, label, len(per_image),
                  time.time() - t0)

@@ -219,16 +219,24 @@ def map_cell_metrics(m: dict) -> dict:
 
 
 def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in_channels,
-                    keep_examples: int = 0, has_masks: bool = False, per_image=None):
+                    keep_examples: int = 0, has_masks: bool = False, per_image=None,
+                    cache: dict | None = None):
   """All eps of one attack on one model: list of cell rows (+ a few examples per eps).
 
   The grid is ``config.eps``, or the attack's own ``spec.eps`` (e.g. an expensive
   explanation attack at a few eps only). A dict passed as ``per_image`` receives, per
   eps, the per-image results: ``adv_correct``, ``adv_prob`` (of the last class) and,
-  with map metrics, those of :func:`map_image_metrics`."""
+  with map metrics, those of :func:`map_image_metrics`. A dict passed as ``cache`` keeps
+  the compiled function for the next model of the same architecture (the weights are an
+  argument, so the runs of a cross-validation share one compilation per attack)."""
   method = map_method(spec, config) if config.get("map_metrics", True) else ""
-  fn = compile_attack(model, spec, mesh, counter, return_images=bool(keep_examples),
-                      map_method=method)
+  key = (repr(model), repr(sorted(dict(spec).items())), method, bool(keep_examples), mesh)
+  fn = None if cache is None else cache.get(key)
+  if fn is None:
+    fn = compile_attack(model, spec, mesh, counter, return_images=bool(keep_examples),
+                        map_method=method)
+    if cache is not None:
+      cache[key] = fn
   bs = config.batch_size
   n = len(arrays["label"])
   rows, examples = [], {}
