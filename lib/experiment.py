@@ -135,6 +135,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def checkpoint_id(workdir: str, which: str = "best") -> str:
+  """``<absolute run dir>@<step>`` of the checkpoint :func:`restore_model` would load: what
+  a cached result was computed from."""
+  config = load_config(workdir)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), best_metric=config.best_metric,
+                                 best_mode=config.best_mode, async_save=False)
+  step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+  ckpt.close()
+  return f"{os.path.abspath(workdir)}@{step}"
+
+
 def restore_model(workdir: str, which: str = "best", config=None, **overrides):
   """``(config, model, variables)`` of a finished or running training run.
 

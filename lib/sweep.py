@@ -281,9 +281,16 @@ def run_sweep(config, workdir: str) -> list[dict]:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by {mesh.size} devices.")
   counter = CompileCounter()
   rows = previous_cells(config, workdir) if config.get("resume", True) else []
+  grid = {}   # (model, attack) -> position in this grid: the order of the tables
   for ckpt in checkpoints:
-    train_config, model, variables = experiment.restore_model(ckpt, config.which)
     name = os.path.basename(os.path.normpath(ckpt))
+    source = experiment.checkpoint_id(ckpt, config.which)
+    stale = [r for r in rows if r["model"] == name and r.get("checkpoint") != source]
+    if stale:
+      logging.warning("%s: %d cells in %s came from another checkpoint; recomputing them.",
+                      name, len(stale), workdir)
+      rows = [r for r in rows if r not in stale]
+    train_config, model, variables = experiment.restore_model(ckpt, config.which)
     arrays = data.load_split(train_config.data, config.split, train_config.image_size)
     if config.max_images:
       arrays = {k: v[:config.max_images] for k, v in arrays.items()}
@@ -292,6 +299,7 @@ def run_sweep(config, workdir: str) -> list[dict]:
     for spec in config.attacks:
       t0, before = time.time(), counter.count
       label = attack_label(spec)
+      grid.setdefault((name, label), len(grid))
       if _done(rows, name, label, dict(spec).get("eps") or config.eps):
         logging.info("%s / %s: already in %s, skipped", name, label, workdir)
         continue
@@ -301,11 +309,12 @@ def run_sweep(config, workdir: str) -> list[dict]:
       logging.info("%s / %s: %d eps in %.1f s, %d compilation(s)", name, label, len(cells),
                    time.time() - t0, counter.count - before)
       for c in cells:
-        rows.append({"model": name, **c})
+        rows.append({"model": name, **c, "checkpoint": source})
         logging.info("  eps=%.4f acc=%.3f (clean %.3f) success=%.3f ssim=%.4f%s", c["eps"],
                      c["accuracy"], c["clean_accuracy"], c["success_rate"], c["ssim_mean"],
                      f" {c['map_method']} spearman={c['spearman_median']:.3f} "
                      f"kept={c['map_label_kept']:.3f}" if "map_method" in c else "")
+      rows.sort(key=lambda r: grid.get((r["model"], r["attack"]), len(grid)))  # stable
       if config.figure_examples and jax.process_index() == 0:
         path = os.path.join(workdir, f"examples_{name}_{label}.png")
         if dict(spec)["name"] == EXPLANATION:
@@ -327,9 +336,9 @@ _RESUME_KEYS = ("split", "which", "max_images", "seed", "map_metrics", "map_meth
 def previous_cells(config, workdir: str) -> list[dict]:
   """The cells an interrupted (or extended) sweep already wrote to ``workdir``.
 
-  A (model, attack) pair whose eps are all there is skipped, so re-running the same
-  command resumes a sweep and adding a checkpoint or an attack computes only the new
-  cells. Refuses, naming the setting, when the earlier sweep used another split, seed,
+  A (model, attack) pair whose eps are all there, computed from the same checkpoint
+  (:func:`lib.experiment.checkpoint_id`), is skipped, so re-running the same command
+  resumes a sweep and adding a checkpoint or an attack computes only the new cells. Refuses, naming the setting, when the earlier sweep used another split, seed,
   image count or map settings (its numbers would not be comparable)."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):

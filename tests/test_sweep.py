@@ -66,6 +66,16 @@ def test_sweep_resumes_where_it_stopped(trained, tmp_path):
     assert json.load(f)["compilations"] == 1
   assert again == first                                 # same cells, same numbers
   assert sweep.run_sweep(c, str(tmp_path)) == first     # complete: nothing to do
+  # Cells from another checkpoint of the same run are recomputed, not reused.
+  with open(path) as f:
+    saved = json.load(f)
+  for r in saved["cells"]:
+    r["checkpoint"] = r["checkpoint"].replace("@", "@9") if r["attack"] == "fgsm" else r["checkpoint"]
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  assert sweep.run_sweep(c, str(tmp_path)) == first
+  with open(path) as f:
+    assert json.load(f)["compilations"] == 1
   c.seed = 1
   with pytest.raises(ValueError, match="seed=0"):
     sweep.run_sweep(c, str(tmp_path))
