@@ -44,7 +44,8 @@ def get_config(variant: str = "pgd"):
   elif method == "iterative":          # mixed clean/adversarial batches, eps ramped up
     c.adv.method = "iterative"
     c.adv.mix_ratio = 0.5
-    c.adv.ramp_epochs = max(1, c.num_epochs // 4)
+    # A reference: --config.num_epochs=20 ramps over 5 epochs, not a quarter of the default.
+    c.adv.ramp_epochs = c.get_ref("num_epochs") // 4
   elif method == "finetune":           # from a (robust) run, small learning rate, adversarial
     c.adv.method = "pgd"
     c.learning_rate = 1e-5

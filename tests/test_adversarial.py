@@ -196,3 +196,10 @@ def test_busi_adversarial_configs(variant):
   model = experiment.build_model(c)
   params = jax.eval_shape(lambda: models.init_variables(model, 0, 32))["params"]
   train_step.trainable_labels(params, c.trainable)   # every named stage exists
+
+
+def test_iterative_ramp_follows_the_epochs_given_on_the_command_line():
+  from configs import busi_adversarial
+  c = busi_adversarial.get_config("iterative,cpu")
+  c.num_epochs = 20
+  assert c.adv.ramp_epochs == 5
