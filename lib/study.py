@@ -419,7 +419,10 @@ def judge(claim, comparison_rows, model_rows=()) -> dict:
     return {**claim, "verdict": "not measured"}
   sign = 1 if claim["direction"] == "greater" else -1
   lo, hi = sorted((sign * (row["ci_low"] - boundary), sign * (row["ci_high"] - boundary)))
-  verdict = "held" if lo > 0 else "reversed" if hi < 0 else "not shown (CI includes it)"
+  if not (np.isfinite(lo) and np.isfinite(hi)):
+    verdict = "too few runs for a CI"
+  else:
+    verdict = "held" if lo > 0 else "reversed" if hi < 0 else "not shown (CI includes it)"
   return {**claim, "verdict": verdict, "value": row[value], "ci_low": row["ci_low"],
           "ci_high": row["ci_high"], "p": row.get("p_corrected_t", float("nan"))}
 

@@ -60,6 +60,8 @@ def test_metric_names_and_claims():
   rows[0]["ci_low"] = -0.01
   assert study.judge(up, rows)["verdict"].startswith("not shown")
   assert study.judge(dict(up, metric="gini"), rows)["verdict"] == "not measured"
+  one = [dict(rows[0], ci_low=float("nan"), ci_high=float("nan"))]
+  assert study.judge(up, one)["verdict"] == "too few runs for a CI"
   own = [{"metric": "auc", "model": "m", "mean": 0.8, "ci_low": 0.75, "ci_high": 0.85}]
   assert study.judge(dict(up, b=0.7), rows, own)["verdict"] == "held"
   assert study.judge(dict(up, b=0.8), rows, own)["verdict"].startswith("not shown")
