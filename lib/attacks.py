@@ -32,7 +32,6 @@ state update) through :func:`lib.models.model_fns`.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional, Union
 
 import jax

@@ -12,7 +12,6 @@ while saving leaves the previous checkpoint as the latest one.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any, Optional
 

@@ -9,14 +9,12 @@ same table as rows ``uniform map`` and ``centre point``.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lib import data, experiment, metrics, models, report, saliency

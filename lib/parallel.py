@@ -15,9 +15,8 @@ Both give the same numbers as one device on the same global batch (tests/test_pa
 
 from __future__ import annotations
 
-import functools
 import logging
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -16,7 +16,7 @@ The target class is never differentiated through (it is a ``stop_gradient``-ed a
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

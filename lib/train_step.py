@@ -14,7 +14,7 @@ label plus, for images with a lesion mask, weighted binary cross-entropy and sof
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import jax

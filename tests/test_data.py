@@ -1,6 +1,5 @@
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image

@@ -1,6 +1,5 @@
 """study.py: cross-validated studies, their statistics and their reports."""
 
-import json
 import os
 
 import numpy as np

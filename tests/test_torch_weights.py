@@ -1,6 +1,5 @@
 """torchvision ResNet weights into the Flax ResNet (lib/torch_weights.py)."""
 
-import os
 
 import jax
 import numpy as np
