@@ -272,6 +272,13 @@ def _cv_split(builder, data_config, split: str, image_size: int) -> dict:
           for k, v in pooled.items()}
 
 
+def padded_batches(n: int, batch_size: int):
+  """``(start, index)`` of every batch of ``n`` items; the last one is padded by repeating
+  the final item, so every batch has one shape (one compilation)."""
+  for start in range(0, n, batch_size):
+    yield start, np.minimum(np.arange(start, start + batch_size), n - 1)
+
+
 def _text(x) -> str:
   return x.decode() if isinstance(x, bytes) else str(x)
 

@@ -134,13 +134,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def _open_checkpoint(workdir: str, which: str, config):
+  """The run's checkpointer and the step ``which`` (``best`` or ``latest``) names."""
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), best_metric=config.best_metric,
+                                 best_mode=config.best_mode, async_save=False)
+  return ckpt, ckpt.best_step() if which == "best" else ckpt.latest_step()
+
+
 def checkpoint_id(workdir: str, which: str = "best") -> str:
   """``<absolute run dir>@<step>`` of the checkpoint :func:`restore_model` would load: what
   a cached result was computed from."""
-  config = load_config(workdir)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), best_metric=config.best_metric,
-                                 best_mode=config.best_mode, async_save=False)
-  step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+  ckpt, step = _open_checkpoint(workdir, which, load_config(workdir))
   ckpt.close()
   return f"{os.path.abspath(workdir)}@{step}"
 
@@ -154,9 +158,7 @@ def restore_model(workdir: str, which: str = "best", config=None, **overrides):
   """
   config = config or load_config(workdir)
   model = build_model(config, **overrides)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), best_metric=config.best_metric,
-                                 best_mode=config.best_mode, async_save=False)
-  step = ckpt.best_step() if which == "best" else ckpt.latest_step()
+  ckpt, step = _open_checkpoint(workdir, which, config)
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {ckpt.directory}.")
   template = jax.eval_shape(lambda: fresh_state(config, build_model(config), 1))

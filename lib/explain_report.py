@@ -62,10 +62,14 @@ def map_quality(maps, masks, has_masks: bool, top_fraction: float) -> dict:
   return out
 
 
-def explain_checkpoint(workdir_ckpt: str, config):
-  """Maps and per-image metrics of every method for one checkpoint."""
-  train_config, model, variables = experiment.restore_model(workdir_ckpt, config.which)
-  arrays = data.load_split(train_config.data, config.split, train_config.image_size)
+def explain_checkpoint(workdir_ckpt: str, config, restored=None):
+  """Maps and per-image metrics of every method for one checkpoint. ``restored``:
+  ``(train_config, model, variables, arrays)`` already in memory (else read here)."""
+  if restored is None:
+    train_config, model, variables = experiment.restore_model(workdir_ckpt, config.which)
+    arrays = data.load_split(train_config.data, config.split, train_config.image_size)
+  else:
+    train_config, model, variables, arrays = restored
   if config.max_images:
     arrays = {k: v[:config.max_images] for k, v in arrays.items()}
   has_masks = data.DATASETS[train_config.data.name].has_masks
@@ -76,8 +80,7 @@ def explain_checkpoint(workdir_ckpt: str, config):
     maps_fn, faithfulness_fn = compile_method(model, method, config)
     chunks, faiths = [], []
     t_total, images_timed = 0.0, 0
-    for b, start in enumerate(range(0, n, bs)):
-      idx = np.minimum(np.arange(start, start + bs), n - 1)
+    for b, (start, idx) in enumerate(data.padded_batches(n, bs)):
       x = data.to_model_input(arrays["image"][idx], train_config.model.in_channels)
       t0 = time.time()
       maps, target = jax.block_until_ready(

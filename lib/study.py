@@ -158,9 +158,8 @@ def evaluate_run(study, rd: str, *, figures_to: str = "", model_name: str = "") 
   probs_fn = jax.jit(lambda v, x: jax.nn.softmax(models.model_fns(model, v).logits_fn(x), -1))
   n, bs = len(arrays["label"]), study.batch_size
   probs = np.concatenate([
-      np.asarray(probs_fn(variables, data.to_model_input(
-          arrays["image"][np.minimum(np.arange(s, s + bs), n - 1)], in_channels)))
-      for s in range(0, n, bs)])[:n]
+      np.asarray(probs_fn(variables, data.to_model_input(arrays["image"][idx], in_channels)))
+      for _, idx in data.padded_batches(n, bs)])[:n]
   rec = {"id": list(arrays["id"]), "group": list(arrays["group"]),
          "label": arrays["label"].astype(np.float64), "prob": probs[:, -1].astype(np.float64),
          "correct": (probs.argmax(-1) == arrays["label"]).astype(np.float64)}
@@ -187,7 +186,8 @@ def evaluate_run(study, rd: str, *, figures_to: str = "", model_name: str = "") 
         report.plot_adversarial_examples(arrays, examples, class_names, path, eps)
   maps = {}
   if study.methods:
-    _, _, _, per_method, maps, _ = explain_report.explain_checkpoint(rd, _explain_config(study))
+    _, _, _, per_method, maps, _ = explain_report.explain_checkpoint(
+        rd, _explain_config(study), restored=(config, model, variables, arrays))
     for method, q in per_method.items():
       rec.update({f"{method}:{k}": np.asarray(v, np.float64) for k, v in q.items()})
   write_records(rec, os.path.join(rd, "per_image.csv"))

@@ -243,8 +243,7 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in
   key = jax.random.PRNGKey(config.seed)
   for eps in dict(spec).get("eps") or config.eps:
     outs = []
-    for start in range(0, n, bs):
-      idx = np.minimum(np.arange(start, start + bs), n - 1)  # pad to one shape
+    for start, idx in data.padded_batches(n, bs):
       x = data.to_model_input(arrays["image"][idx], in_channels)
       y = arrays["label"][idx]
       o = fn(variables, x, y, jnp.float32(eps), jax.random.fold_in(key, start))
