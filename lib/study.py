@@ -155,7 +155,11 @@ def evaluate_run(study, rd: str, *, figures_to: str = "", model_name: str = "") 
   config, model, variables = experiment.restore_model(rd, "best")
   arrays = data.load_split(config.data, "test", config.image_size)
   in_channels, has_masks = config.model.in_channels, data.DATASETS[config.data.name].has_masks
-  probs_fn = jax.jit(lambda v, x: jax.nn.softmax(models.model_fns(model, v).logits_fn(x), -1))
+  key = ("probs", repr(model))   # compiled once per architecture, like the attacks
+  if key not in _COMPILED:
+    _COMPILED[key] = jax.jit(
+        lambda v, x: jax.nn.softmax(models.model_fns(model, v).logits_fn(x), -1))
+  probs_fn = _COMPILED[key]
   n, bs = len(arrays["label"]), study.batch_size
   probs = np.concatenate([
       np.asarray(probs_fn(variables, data.to_model_input(arrays["image"][idx], in_channels)))

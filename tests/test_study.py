@@ -110,8 +110,9 @@ def test_a_study_runs_end_to_end_and_resumes(study_run):
                "adv_correct_vs_eps.png"):
     assert os.path.getsize(res / name) > 0, name
   assert not out["missing"]
-  # One compilation per (architecture, attack, with or without figure images), not per run.
-  assert len(study._COMPILED) == 2 * 2 * 2
+  # One compilation per (architecture, attack, with or without figure images), and one
+  # forward per architecture, not per run.
+  assert len(study._COMPILED) == 2 * 2 * 2 + 2
   rows = {(r["model"], r["metric"]): r for r in out["models"]}
   assert rows["mtl", "auc"]["runs"] == 2 and rows["mtl", "auc"]["images"] == 80
   for r in out["models"]:
