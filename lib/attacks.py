@@ -19,11 +19,14 @@ The engine, :func:`projected_gradient`, is parameterised by
 ``eps`` and ``step_size`` are traced, so a sweep over eps compiles once. ``steps`` and
 ``restarts`` are static (they set the loop lengths).
 
-Loops are ``lax.scan``s with an ``unroll`` option: on XLA:CPU the input-gradient of a
-convolution inside a rolled loop body compiles to a layout about 10x slower than the
-same gradient at top level (DESIGN.md, "measured pitfall"), so on CPU the default
-unrolls attack loops of up to 20 steps fully (compile time grows with the steps);
-elsewhere they stay rolled (``unroll=None`` picks, see :func:`default_unroll`).
+Loops are ``lax.scan``s, rolled by default (``unroll`` option). On XLA:CPU a convolution's
+input gradient inside a rolled loop body used to run about 10x slower than at top level
+(DESIGN.md, "measured pitfall"), so attack loops were unrolled; the cause was the kernel
+layout of JAX's transposed convolution, which :func:`lib.models.conv_general_dilated` now
+avoids, and with it the rolled loop is as fast or faster and compiles in less time
+(bench/RESULTS.md). A model of your own on CPU should build its convolutions with that
+function (``nn.Conv(..., conv_general_dilated=models.conv_general_dilated)``) or pass
+``unroll=steps``.
 
 Attacks are model-agnostic: they take ``logits_fn(x) -> logits``, any JAX function of
 images in [0, 1]. Our models provide it in eval mode (BatchNorm running statistics, no
@@ -149,18 +152,8 @@ def apgd_checkpoints(steps: int) -> np.ndarray:
   return np.unique(np.ceil(np.round(np.asarray(p[:-1]) * steps, 6)).astype(int))
 
 
-MAX_DEFAULT_UNROLL = 20
-
-
-def default_unroll(steps: int) -> int:
-  """Fully unrolled on CPU up to 20 steps (the XLA:CPU loop-body pitfall), else rolled.
-
-  Unrolling costs compile time linearly in the steps (APGD-100 unrolled took minutes
-  to compile even for a linear model), so longer loops stay rolled unless ``unroll`` is
-  given explicitly; on accelerators loops stay rolled.
-  """
-  if jax.default_backend() == "cpu" and steps <= MAX_DEFAULT_UNROLL:
-    return max(steps, 1)
+def default_unroll(steps: int) -> int:  # pylint: disable=unused-argument
+  """Loops stay rolled (1) on every backend; see the module docstring for the history."""
   return 1
 
 

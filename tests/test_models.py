@@ -109,6 +109,37 @@ def test_im2col_convolution_equals_xla_with_gradients(kernel, stride, dilation, 
   assert "conv_general_dilated" not in jaxpr
 
 
+@pytest.mark.parametrize("kernel,stride,dilation,padding,size", [
+    (1, 1, 1, "VALID", 9), (1, 2, 1, "VALID", 9), (1, 2, 1, "VALID", 8),
+    (1, 1, 1, [(1, 1), (0, 2)], 9), (3, 1, 1, [(1, 1), (1, 1)], 9),
+    (3, 2, 1, [(1, 1), (1, 1)], 9), (3, 2, 1, [(1, 1), (1, 1)], 8), (3, 2, 1, "SAME", 10),
+    (3, 1, 2, [(2, 2), (2, 2)], 10), (7, 2, 1, [(3, 3), (3, 3)], 17)])
+def test_canonical_convolution_gradients_equal_jax_to_second_order(kernel, stride, dilation,
+                                                                   padding, size):
+  """The custom VJP (explicit transposed kernel; 1x1 gradients as matrix products) gives
+  JAX's gradients, and its own gradient too (the Grad-CAM attacks differentiate through
+  input gradients)."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, size, size, 3)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((kernel, kernel, 3, 4)), jnp.float32)
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  def loss(impl):
+    return lambda x, w: jnp.sin(impl(x, w, (stride, stride), padding,
+                                     rhs_dilation=(dilation, dilation),
+                                     dimension_numbers=dn)).sum()
+  ours = functools.partial(models.conv_general_dilated, im2col_max_pixels=0)
+  for order in (1, 2):
+    def value(impl):
+      f = loss(impl)
+      if order == 2:  # the squared norm of the input gradient, differentiated again
+        f = lambda x, w, f=f: (jax.grad(f)(x, w) ** 2).sum()
+      return jax.grad(f, argnums=(0, 1))(x, w)
+    for a, b in zip(value(ours), value(jax.lax.conv_general_dilated)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+  if jax.default_backend() == "cpu":  # and the custom rule is what ran
+    assert "custom_vjp" in str(jax.make_jaxpr(loss(ours))(x, w))
+
+
 def test_small_map_convolutions_change_nothing_but_the_program(tiny):
   model, variables = tiny
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 32, 32, 1)), jnp.float32)
