@@ -1,4 +1,6 @@
-"""PGD-10 with the attack loop rolled vs unrolled (the XLA:CPU loop-body pitfall).
+"""PGD-10 with the attack loop rolled vs unrolled (the XLA:CPU loop-body pitfall: with the
+canonical-layout convolution gradients of lib/models.py the rolled loop is no slower and
+compiles faster, so the library default is rolled again; bench/RESULTS.md).
 
   .venv/bin/python bench/attack_unroll.py [--arch resnet18 --size 128 --batch 8]
 
