@@ -21,8 +21,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from lib import attacks
-
 Array = jax.Array
 _TINY = 1e-12
 
