@@ -55,6 +55,29 @@ def gradient_x_input(logits_fn, x, target=None) -> Array:
   return x * gradient(logits_fn, x, target)
 
 
+def _weighted_gradient_sums(logits_fn, target, point_fn, params, weights, chunk: int,
+                            shift=None):
+  """``sum_i w_i d_i`` and ``sum_i w_i d_i^2`` with ``d_i = grad(point_fn(params[i])) - shift``:
+  the one loop behind SmoothGrad and Integrated Gradients. The points are evaluated
+  ``chunk`` at a time (``vmap``) inside a rolled ``scan`` (padded with zero weights), so
+  memory does not grow with their number."""
+  pad = (-len(weights)) % chunk
+  params = jnp.concatenate([params, jnp.zeros((pad,) + params.shape[1:], params.dtype)])
+  weights = jnp.concatenate([weights, jnp.zeros(pad, weights.dtype)])
+  sample = point_fn(params[0])
+  shift = jnp.zeros_like(sample) if shift is None else shift
+
+  def body(acc, batch):
+    p, w = batch
+    d = jax.vmap(lambda pi: _score_grad(logits_fn, point_fn(pi), target))(p) - shift
+    return (acc[0] + jnp.tensordot(w, d, axes=1), acc[1] + jnp.tensordot(w, d ** 2, axes=1)), None
+
+  zeros = jnp.zeros_like(sample)
+  sums, _ = jax.lax.scan(body, (zeros, zeros), (
+      params.reshape((-1, chunk) + params.shape[1:]), weights.reshape(-1, chunk)))
+  return sums
+
+
 def smoothgrad(logits_fn, x, target=None, *, key, samples: int = 16, sigma: float = 0.1,
                mode: str = "mean", batch_samples: int = 4) -> Array:
   """SmoothGrad (Smilkov et al. 2017): gradients averaged over Gaussian noise.
@@ -70,29 +93,17 @@ def smoothgrad(logits_fn, x, target=None, *, key, samples: int = 16, sigma: floa
     raise ValueError(f"mode must be 'mean', 'squared' or 'var', got {mode!r}")
   target = _target(logits_fn, x, target)
   noise = sigma * jax.random.normal(key, (samples,) + x.shape, x.dtype)
-  chunk = max(1, min(batch_samples, samples))
-  pad = (-samples) % chunk
-  noise = jnp.concatenate([noise, jnp.zeros((pad,) + x.shape, x.dtype)])
-  used = (jnp.arange(samples + pad) < samples).astype(x.dtype)
-
   # VarGrad sums squares of g - c with c the clean gradient (one more gradient), which
   # keeps E[(g - c)^2] - E[g - c]^2 free of cancellation
-  zeros = jnp.zeros_like(x)
-  shift = _score_grad(logits_fn, x, target) if mode == "var" else zeros
-
-  def body(acc, batch):
-    n, u = batch
-    d = jax.vmap(lambda ni: _score_grad(logits_fn, x + ni, target))(n) - shift
-    return (acc[0] + jnp.tensordot(u, d, axes=1), acc[1] + jnp.tensordot(u, d ** 2, axes=1)), None
-
-  (s1, s2), _ = jax.lax.scan(body, (zeros, zeros), (
-      noise.reshape((-1, chunk) + x.shape), used.reshape(-1, chunk)))
-  mean = s1 / samples
+  shift = _score_grad(logits_fn, x, target) if mode == "var" else jnp.zeros_like(x)
+  s1, s2 = _weighted_gradient_sums(logits_fn, target, lambda n: x + n, noise,
+                                   jnp.full((samples,), 1.0 / samples, x.dtype),
+                                   max(1, min(batch_samples, samples)), shift)
   if mode == "mean":
-    return mean + shift
+    return s1 + shift
   if mode == "squared":
-    return s2 / samples
-  return jnp.maximum(s2 / samples - mean ** 2, 0.0)
+    return s2
+  return jnp.maximum(s2 - s1 ** 2, 0.0)
 
 
 def integrated_gradients(logits_fn, x, target=None, *, steps: int = 64,
@@ -108,16 +119,8 @@ def integrated_gradients(logits_fn, x, target=None, *, steps: int = 64,
   baseline = jnp.zeros_like(x) if baseline is None else jnp.broadcast_to(baseline, x.shape)
   alphas = jnp.linspace(0.0, 1.0, steps + 1, dtype=x.dtype)
   weights = jnp.ones(steps + 1, x.dtype).at[0].set(0.5).at[-1].set(0.5) / steps
-  pad = (-len(alphas)) % batch_points
-  alphas = jnp.concatenate([alphas, jnp.zeros(pad, x.dtype)]).reshape(-1, batch_points)
-  weights = jnp.concatenate([weights, jnp.zeros(pad, x.dtype)]).reshape(-1, batch_points)
-
-  def body(total, chunk):
-    a, w = chunk
-    g = jax.vmap(lambda ai: _score_grad(logits_fn, baseline + ai * (x - baseline), target))(a)
-    return total + jnp.tensordot(w, g, axes=1), None
-
-  total, _ = jax.lax.scan(body, jnp.zeros_like(x), (alphas, weights))
+  total, _ = _weighted_gradient_sums(logits_fn, target, lambda a: baseline + a * (x - baseline),
+                                     alphas, weights, batch_points)
   return (x - baseline) * total
 
 

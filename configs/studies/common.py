@@ -66,7 +66,9 @@ def base(name: str, variant: str, title: str, claim_text: str) -> ml_collections
 # ResNet-18 train step, batch 32, 2 shared CPU cores (bench/train_step_sizes.py, output in
 # bench/train_step_sizes.txt): 128 px 9.3 s, 96 px 2.8 s; an earlier run 4.8 s vs 1.7 s.
 # 96 px is 2.8-3.4x faster per image (more than its 1.8x fewer pixels), which is what lets
-# 5 folds x 2 seeds of a study train on this machine in a session or two.
+# 5 folds x 2 seeds of a study train on this machine in a session or two. Both figures
+# predate the canonical-layout convolution gradients (bench/RESULTS.md), which made the
+# train step several times faster; the study keeps 96 px so its runs stay comparable.
 CPU_IMAGE_SIZE = 96
 
 
