@@ -6,7 +6,8 @@ torchvision's ResNet (v1.5), forward and input gradient, ours vs torch, one shap
 Times each shape alternately (ours, torch, ours, ...) after warm-up and prints a markdown
 table: milliseconds per call, times the number of such convolutions in the network, so the
 rows add up to the convolutions' share of one FGSM step (one forward + one input gradient).
-Only the input gradient is taken (as in an attack or a saliency map): no weight gradient.
+The input gradient is what an attack or a saliency map takes; ``--weight_grad`` adds a
+second table with the weight gradient, what a train step adds (bench/RESULTS.md).
 Our convolutions go through ``lib.models.conv_general_dilated`` with im2col for maps of at
 most 64 pixels, as in ``bench/peers.py``.
 """
@@ -79,7 +80,9 @@ def _ours(b, hw, cin, cout, k, s, rng, im2col):
   g = jnp.ones(jax.eval_shape(conv, x, w).shape, jnp.float32)
   fwd = jax.jit(conv)  # everything is an argument: nothing for XLA to constant-fold
   bwd = jax.jit(lambda z, w, g: jax.vjp(lambda z: conv(z, w), z)[1](g)[0])
-  return (lambda: fwd(x, w).block_until_ready()), (lambda: bwd(x, w, g).block_until_ready())
+  wgrad = jax.jit(lambda z, w, g: jax.vjp(lambda w: conv(z, w), w)[1](g)[0])
+  return ((lambda: fwd(x, w).block_until_ready()), (lambda: bwd(x, w, g).block_until_ready()),
+          (lambda: wgrad(x, w, g).block_until_ready()))
 
 
 def _torch(b, hw, cin, cout, k, s, rng):
@@ -96,7 +99,12 @@ def _torch(b, hw, cin, cout, k, s, rng):
     z = x.detach().requires_grad_(True)
     y = conv(z)
     torch.autograd.grad(y, z, torch.ones_like(y))
-  return fwd, bwd
+
+  def wgrad():
+    v = w.detach().requires_grad_(True)
+    y = torch.nn.functional.conv2d(x, v, stride=s, padding=k // 2)
+    torch.autograd.grad(y, v, torch.ones_like(y))
+  return fwd, bwd, wgrad
 
 
 def main():
@@ -106,6 +114,8 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--im2col_max_pixels", type=int, default=64)
+  p.add_argument("--weight_grad", action="store_true",
+                 help="also time the weight gradient (what a train step adds), one more table")
   args = p.parse_args()
   try:
     import torch
@@ -123,18 +133,29 @@ def main():
         "| grad / fwd (ours) | torch / ours (grad) |")
   print("|---|---|---|---|---|---|---|---|")
   tot = np.zeros(4)
+  wtot = np.zeros(2)
+  wrows = []
   for name, n, hw, cin, cout, k, s in resnet_convs(args.arch, args.size):
-    fns = list(_ours(args.batch, hw, cin, cout, k, s, rng, args.im2col_max_pixels))
-    if torch:
-      fns += list(_torch(args.batch, hw, cin, cout, k, s, rng))
+    ours = _ours(args.batch, hw, cin, cout, k, s, rng, args.im2col_max_pixels)
+    peer = _torch(args.batch, hw, cin, cout, k, s, rng) if torch else ()
+    fns = list(ours[:2]) + list(peer[:2])
     ms = _median_alternating(fns, args.repeats) + [float("nan")] * (4 - len(fns))
     of, ob, tf, tb = ms[0], ms[1], ms[2], ms[3]
     tot += n * np.array([of, tf, ob, tb])
     print(f"| {name} | {n} | {of:.1f} | {tf:.1f} | {ob:.1f} | {tb:.1f} | {ob / of:.1f} "
           f"| {tb / ob:.2f} |", flush=True)
+    if args.weight_grad:
+      wms = _median_alternating([ours[2]] + list(peer[2:]), args.repeats) + [float("nan")]
+      wtot += n * np.array(wms[:2])
+      wrows.append(f"| {name} | {n} | {wms[0]:.1f} | {wms[1]:.1f} | {wms[1] / wms[0]:.2f} |")
   print(f"| **total x count** | | {tot[0]:.0f} | {tot[1]:.0f} | {tot[2]:.0f} | {tot[3]:.0f} "
         f"| {tot[2] / tot[0]:.1f} | {tot[3] / tot[2]:.2f} |")
-
+  if wrows:
+    # torch's autograd again needs the forward: its column is forward + weight gradient
+    print("\nWeight gradient (what a train step adds), ms per call\n\n| conv | count | ours "
+          "weight grad | torch fwd + weight grad | torch / ours |\n|---|---|---|---|---|")
+    print("\n".join(wrows))
+    print(f"| **total x count** | | {wtot[0]:.0f} | {wtot[1]:.0f} | {wtot[1] / wtot[0]:.2f} |")
 
 if __name__ == "__main__":
   main()

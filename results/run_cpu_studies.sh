@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The CPU-scale studies in the order this machine (2 cores) runs them: the first repetition
+# (seed 0, all 5 folds) of every study before the second, so that each study has a complete
+# cross-validation as early as possible. Every step resumes where it stopped (finished runs
+# and evaluations are kept), so the script can be started again after an interruption:
+#
+#   nohup nice -n 10 bash results/run_cpu_studies.sh >> runs/cpu_studies.log 2>&1 &
+#
+# Each summary is written with the study's own configuration (both seeds), so its README
+# says how many repetitions are complete and which runs are still missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+
+STUDIES=(
+  "busi_gradcam.py:cpu study_busi_gradcam_cpu"
+  "oncology_robustness.py:brain_mri_cpu study_oncology_robustness_brain_mri_cpu"
+  "robust_saliency.py:cpu study_robust_saliency_cpu"
+  "robust_gradcam.py:cpu study_robust_gradcam_cpu"
+  "oncology_robustness.py:busi_cpu study_oncology_robustness_busi_cpu"
+)
+
+for seeds in "(0,)" "(0, 1)"; do
+  for entry in "${STUDIES[@]}"; do
+    read -r config workdir <<< "$entry"
+    echo "=== $(date -u +%FT%TZ) $config seeds $seeds"
+    "$PY" study.py --config="configs/studies/$config" --workdir="runs/$workdir" \
+      --config.seeds="$seeds" --config.stages="('train', 'evaluate')"
+    "$PY" study.py --config="configs/studies/$config" --workdir="runs/$workdir" \
+      --config.stages="('summarise',)"
+  done
+done
