@@ -11,6 +11,30 @@ manipulated by imperceptible perturbations?
 from configs.studies import common
 from configs.studies.common import claim, explanation, model
 
+# The Grad-CAM attack of the study, also run on the robust models (robust_gradcam.py):
+# 10 steps of 0.25 eps. On the 128 px BUSI ResNet-18s 30 steps and 100-step/Adam/restart
+# variants changed the median Spearman by < 0.005 (results/cpu_busi_resnet18_128px/
+# tune_explanation_attack.txt).
+STEPS = 10
+EPS = (0.004, 0.008, 0.031)
+CURVES = ("spearman", "top_k_intersection", "kept", "lesion_energy_adv")
+
+
+def gradcam_attack(*args, steps: int = STEPS, **kw):
+  """An explanation attack on Grad-CAM as this study runs it (see lib/explanation_attacks.py)."""
+  return explanation(*args, steps=steps, step_size_factor=0.25, **kw)
+
+
+def map_change_metrics(mode: str, eps, steps: int = STEPS):
+  """What the study reports of a ``keep``/``flip`` attack at each eps: labels kept, median
+  Spearman to the clean map, top-k intersection, lesion energy after the attack."""
+  out = []
+  for e in eps:
+    a = f"grad_cam-{mode}-{steps}@{e:g}"
+    out += [f"mean:{a}:kept", f"median:{a}:spearman", f"mean:{a}:top_k_intersection",
+            f"mean:{a}:lesion_energy_adv"]
+  return tuple(out)
+
 
 def get_config(variant: str = "cpu"):
   c = common.base("busi_gradcam", variant, "Breast ultrasound (BUSI): Grad-CAM of a multi-task "
@@ -24,26 +48,18 @@ def get_config(variant: str = "cpu"):
   c.models = (model("plain", f"configs/busi_baseline.py:{v}"),
               model("mtl", f"configs/busi_mtl.py:{v}"))
   # keep / flip across eps; the other objectives of lib/explanation_attacks.py at one eps.
-  # 10 steps of 0.25 eps: on the 128 px BUSI ResNet-18s 30 steps and 100-step/Adam/restart
-  # variants changed the median Spearman by < 0.005 (results/cpu_busi_resnet18_128px/
-  # tune_explanation_attack.txt).
   # An attack cell (108 images, 10 steps of double backprop) costs about as much as a
   # training epoch on 2 CPU cores, hence 8 cells per run, not every attack at every eps.
-  steps, one = 10, 0.008
-  c.eps = (0.004, 0.008, 0.031)
-  attack = lambda *a, **kw: explanation(*a, steps=steps, step_size_factor=0.25, **kw)
+  steps, one = STEPS, 0.008
+  c.eps = EPS
+  attack = gradcam_attack
   c.attacks = (attack("grad_cam", mode="keep"), attack("grad_cam", mode="flip", eps=(one, 0.031)),
                attack("grad_cam", "top_k", eps=(one,)),
                attack("grad_cam", "center_of_mass", eps=(one,)),
                attack("grad_cam", "targeted", eps=(one,)))
   c.methods = ("grad_cam",)
   c.figure_eps = one
-  per_eps = []
-  for mode, eps in (("keep", c.eps), ("flip", (one, 0.031))):
-    for e in eps:
-      a = f"grad_cam-{mode}-{steps}@{e:g}"
-      per_eps += [f"mean:{a}:kept", f"median:{a}:spearman", f"mean:{a}:top_k_intersection",
-                  f"mean:{a}:lesion_energy_adv"]
+  per_eps = map_change_metrics("keep", c.eps) + map_change_metrics("flip", (one, 0.031))
   c.metrics = common.CLASSIFICATION + (
       "mean:grad_cam:lesion_energy", "mean:grad_cam:pointing_game", *per_eps,
       f"median:grad_cam-top_k-{steps}@{one:g}:spearman",
@@ -61,7 +77,7 @@ def get_config(variant: str = "cpu"):
       claim("... while keeping > 90 % of its labels", "mean:grad_cam-keep-10@0.031:kept", "mtl",
             0.9, "greater"),
   )
-  c.curves = ("spearman", "top_k_intersection", "kept", "lesion_energy_adv")
+  c.curves = CURVES
   if variant == "test":
     c.attacks = (explanation("grad_cam", mode="keep", steps=3, eps=(0.004,)),
                  common.attack("fgsm"))
