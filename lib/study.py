@@ -74,6 +74,13 @@ def run_dir(study, workdir: str, model: str, seed: int, fold: int) -> str:
   return os.path.join(study.get("runs_dir") or workdir, model, f"seed{seed}_fold{fold}")
 
 
+def eval_dir(workdir: str, model: str, seed: int, fold: int) -> str:
+  """Where this study's evaluation of one run goes (``per_image.csv``, ``eval_time.json``):
+  always under its own work dir, so that studies sharing runs (``runs_dir``) keep their
+  own records; the run directory itself when the study trained the run."""
+  return os.path.join(workdir, model, f"seed{seed}_fold{fold}")
+
+
 def _set(c, dotted: str, value):
   *parents, leaf = dotted.split(".")
   for p in parents:
@@ -145,12 +152,14 @@ def _explain_config(study) -> ml_collections.ConfigDict:
 _COMPILED: dict = {}   # attack functions compiled for one architecture, reused across runs
 
 
-def evaluate_run(study, rd: str, *, figures_to: str = "", model_name: str = "") -> dict:
-  """Per-image records of one run on its held-out fold: ``prob`` (of the positive class)
+def evaluate_run(study, rd: str, *, out_dir: str = "", figures_to: str = "",
+                 model_name: str = "") -> dict:
+  """Per-image records of the run in ``rd`` on its held-out fold: ``prob`` (of the positive class)
   and ``correct``; for every attack and eps ``<attack>@<eps>:<field>`` (``adv_correct``,
   ``spearman``, ``lesion_energy_adv`` ... of :func:`lib.sweep.run_attack_grid`); for
   every saliency method ``<method>:<quality>`` (lesion energy, total variation, Gini,
-  entropy of :func:`lib.explain_report.map_quality`). Written to ``rd/per_image.csv``.
+  entropy of :func:`lib.explain_report.map_quality`). Written to
+  ``<out_dir or rd>/per_image.csv``.
   With ``figures_to``, before/after figures of the attacks are written there."""
   config, model, variables = experiment.restore_model(rd, "best")
   arrays = data.load_split(config.data, "test", config.image_size)
@@ -194,7 +203,8 @@ def evaluate_run(study, rd: str, *, figures_to: str = "", model_name: str = "") 
         rd, _explain_config(study), restored=(config, model, variables, arrays))
     for method, q in per_method.items():
       rec.update({f"{method}:{k}": np.asarray(v, np.float64) for k, v in q.items()})
-  write_records(rec, os.path.join(rd, "per_image.csv"))
+  os.makedirs(out_dir or rd, exist_ok=True)
+  write_records(rec, os.path.join(out_dir or rd, "per_image.csv"))
   return {"records": rec, "arrays": arrays, "maps": maps, "class_names": class_names}
 
 
@@ -218,14 +228,15 @@ def read_records(path: str) -> dict:
   return out
 
 
-def evaluate_once(study, rd: str, model_name: str, *, figures_to: str = "") -> None:
-  """:func:`evaluate_run` unless ``rd/per_image.csv`` exists."""
-  if os.path.exists(os.path.join(rd, "per_image.csv")):
+def evaluate_once(study, rd: str, out_dir: str, model_name: str, *,
+                  figures_to: str = "") -> None:
+  """:func:`evaluate_run` of the run in ``rd`` unless ``out_dir/per_image.csv`` exists."""
+  if os.path.exists(os.path.join(out_dir, "per_image.csv")):
     return
-  logging.info("Study %s: evaluating %s", study.name, rd)
+  logging.info("Study %s: evaluating %s -> %s", study.name, rd, out_dir)
   t0 = time.time()
-  evaluate_run(study, rd, figures_to=figures_to, model_name=model_name)
-  with open(os.path.join(rd, "eval_time.json"), "w") as f:
+  evaluate_run(study, rd, out_dir=out_dir, figures_to=figures_to, model_name=model_name)
+  with open(os.path.join(out_dir, "eval_time.json"), "w") as f:
     json.dump({"seconds": time.time() - t0}, f)
 
 
@@ -332,7 +343,7 @@ def summarise(study, workdir: str, results_dir: str) -> dict:
   os.makedirs(results_dir, exist_ok=True)
   recs, missing = {}, []
   for m, seed, fold in all_runs(study):
-    path = os.path.join(run_dir(study, workdir, m.name, seed, fold), "per_image.csv")
+    path = os.path.join(eval_dir(workdir, m.name, seed, fold), "per_image.csv")
     if os.path.exists(path):
       recs[m.name, seed, fold] = read_records(path)
     else:
@@ -523,8 +534,9 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
   hand-written ``notes.md`` (discussion) when there is one."""
   seconds = {"train": 0.0, "eval": 0.0}
   for m, seed, fold in all_runs(study):
-    for stage in seconds:
-      t = os.path.join(run_dir(study, workdir, m.name, seed, fold), f"{stage}_time.json")
+    for stage, where in (("train", run_dir(study, workdir, m.name, seed, fold)),
+                         ("eval", eval_dir(workdir, m.name, seed, fold))):
+      t = os.path.join(where, f"{stage}_time.json")
       if os.path.exists(t):
         with open(t) as f:
           seconds[stage] += json.load(f)["seconds"]
@@ -583,7 +595,8 @@ def run_study(study, workdir: str) -> dict:
       train_run(study, m, seed, fold, workdir)
     if "evaluate" in stages and os.path.exists(os.path.join(rd, "test_metrics.json")):
       first = seed == study.seeds[0] and fold == 0
-      evaluate_once(study, rd, m.name, figures_to=results_dir if first else "")
+      evaluate_once(study, rd, eval_dir(workdir, m.name, seed, fold), m.name,
+                    figures_to=results_dir if first else "")
   if "evaluate" in stages:
     plot_first_fold_maps(study, workdir, results_dir)
   return summarise(study, workdir, results_dir)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from configs.studies import busi_gradcam, oncology_robustness, robust_gradcam, robust_saliency
+from configs.studies import busi_gradcam, common, oncology_robustness, robust_gradcam, robust_saliency
 from lib import study
 
 
@@ -150,3 +150,24 @@ def test_partial_study_is_summarised_with_what_is_missing(study_run):
   assert "1 of 2 repetitions complete" in readme and "plain/seed1_fold0" in readme
   rows = {(r["model"], r["metric"]): r for r in out["models"]}
   assert rows["mtl", "auc"]["runs"] == 2 and rows["mtl", "auc"]["images"] == 80
+
+
+def test_a_study_sharing_runs_keeps_its_own_records(study_run):
+  """Study 4 evaluates study 3's runs with other attacks: its per-image records go to its
+  own work dir, the shared runs' records stay as they were, and no run is retrained."""
+  s, tmp, _ = study_run
+  shared = tmp / "runs"
+  before = {p: p.read_bytes() for p in shared.glob("*/*/per_image.csv")}
+  other = s.copy_and_resolve_references()
+  other.runs_dir, other.results_dir = str(shared), str(tmp / "other_results")
+  other.attacks, other.methods, other.map_metrics = (common.attack("fgsm"),), (), False
+  other.eps = (0.002,)
+  other.metrics = common.CLASSIFICATION + ("mean:fgsm@0.002:adv_correct",)
+  other.claims, other.curves = (), ("adv_correct",)
+  out = study.run_study(other, str(tmp / "other_runs"))
+  assert not out["missing"]
+  assert {p: p.read_bytes() for p in shared.glob("*/*/per_image.csv")} == before
+  mine = sorted((tmp / "other_runs").glob("*/*/per_image.csv"))
+  assert len(mine) == 4 and not list((tmp / "other_runs").glob("*/*/checkpoints"))
+  recs = study.read_records(str(mine[0]))
+  assert "fgsm@0.002:adv_correct" in recs and "grad_cam-keep-3@0.004:spearman" not in recs
