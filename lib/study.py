@@ -341,12 +341,13 @@ def _aligned(records: list[dict], order: list[str]) -> dict:
 def summarise(study, workdir: str, results_dir: str) -> dict:
   """Tables, figures and README of the finished runs (see the module docstring)."""
   os.makedirs(results_dir, exist_ok=True)
-  recs, missing = {}, []
+  recs = committed_records(study, results_dir)
+  missing = []
   for m, seed, fold in all_runs(study):
     path = os.path.join(eval_dir(workdir, m.name, seed, fold), "per_image.csv")
     if os.path.exists(path):
       recs[m.name, seed, fold] = read_records(path)
-    else:
+    elif (m.name, seed, fold) not in recs:
       missing.append(f"{m.name}/seed{seed}_fold{fold}")
   names = [m.name for m in study.models]
   complete_reps = [s for s in study.seeds
@@ -397,6 +398,8 @@ def summarise(study, workdir: str, results_dir: str) -> dict:
   comparison_table = report.write_table(comparison_rows, os.path.join(results_dir, "comparisons"))
   for n in names:
     for s, rec in zip(complete_reps, pooled[n]):
+      fold_of = {i: f for f in range(study.folds) for i in recs[n, s, f]["id"]}
+      rec = dict(rec, fold=np.array([fold_of[i] for i in rec["id"]], np.float64))
       write_records(rec, os.path.join(results_dir, f"per_image_{n}_seed{s}.csv"))
   plot_metrics(model_rows, study, os.path.join(results_dir, "metrics.png"))
   curves = [f"{field}_vs_eps.png" for field in study.get("curves", ("adv_correct",))
@@ -407,6 +410,34 @@ def summarise(study, workdir: str, results_dir: str) -> dict:
                complete_reps, curves, workdir)
   return {"models": model_rows, "comparisons": comparison_rows, "verdicts": verdicts,
           "missing": missing}
+
+
+def committed_records(study, results_dir: str) -> dict:
+  """``{(model, seed, fold): records}`` of the repetitions an earlier summary committed
+  (``per_image_<model>_seed<s>.csv``), split back into their folds.
+
+  The work dir (checkpoints, per-run records) is large and need not outlive the machine;
+  the results directory is the durable record. A repetition summarised once is therefore
+  never lost: a later summary (e.g. after the second seed ran elsewhere) takes these
+  records for every run whose work dir is gone. Files written before the ``fold`` column
+  existed get their folds from :func:`lib.data.cv_assignment`, a pure function of the
+  groups, labels and seed."""
+  out = {}
+  for m in study.models:
+    for seed in study.seeds:
+      path = os.path.join(results_dir, f"per_image_{m.name}_seed{seed}.csv")
+      if not os.path.exists(path):
+        continue
+      rec = read_records(path)
+      fold = rec.pop("fold", None)
+      if fold is None:
+        fold = data.cv_assignment(rec["group"], rec["label"].astype(np.int64), study.folds, seed)
+      fold = np.asarray(fold, np.int64)
+      for f in range(study.folds):
+        idx = np.flatnonzero(fold == f)
+        out[m.name, seed, f] = {k: ([v[i] for i in idx] if isinstance(v, list) else v[idx])
+                                for k, v in rec.items()}
+  return out
 
 
 def _has_column(rec: dict, metric: str) -> bool:
@@ -528,18 +559,36 @@ def _versions() -> str:
           f"x {jax.device_count()}")
 
 
+def wall_times(study, workdir: str, results_dir: str) -> dict:
+  """Training and evaluation seconds per repetition (``{"0": {"train": s, "eval": s}}``),
+  summed over the runs' time files in the work dir, or, where an earlier summary recorded
+  more (its work dir is gone), as recorded in ``results_dir/wall_time.json`` (rewritten)."""
+  path = os.path.join(results_dir, "wall_time.json")
+  stored = json.load(open(path)) if os.path.exists(path) else {}
+  out = {}
+  for seed in study.seeds:
+    here = {"train": 0.0, "eval": 0.0}
+    for m in study.models:
+      for fold in range(study.folds):
+        for stage, where in (("train", run_dir(study, workdir, m.name, seed, fold)),
+                             ("eval", eval_dir(workdir, m.name, seed, fold))):
+          t = os.path.join(where, f"{stage}_time.json")
+          if os.path.exists(t):
+            with open(t) as f:
+              here[stage] += json.load(f)["seconds"]
+    old = stored.get(str(seed))
+    out[str(seed)] = old if old and sum(old.values()) > sum(here.values()) else here
+  with open(path, "w") as f:
+    json.dump(out, f, indent=1)
+  return out
+
+
 def write_readme(study, results_dir, model_table, comparison_table, verdicts, missing,
                  complete_reps, curves: list, workdir: str) -> None:
   """README.md: claim, verdicts, tables, figures, command, versions, wall time, and a
   hand-written ``notes.md`` (discussion) when there is one."""
-  seconds = {"train": 0.0, "eval": 0.0}
-  for m, seed, fold in all_runs(study):
-    for stage, where in (("train", run_dir(study, workdir, m.name, seed, fold)),
-                         ("eval", eval_dir(workdir, m.name, seed, fold))):
-      t = os.path.join(where, f"{stage}_time.json")
-      if os.path.exists(t):
-        with open(t) as f:
-          seconds[stage] += json.load(f)["seconds"]
+  per_seed = wall_times(study, workdir, results_dir)
+  seconds = {k: sum(t[k] for t in per_seed.values()) for k in ("train", "eval")}
   with open(os.path.join(results_dir, "study_config.json"), "w") as f:
     f.write(study.to_json_best_effort(indent=2))
   notes_path = os.path.join(results_dir, "notes.md")
@@ -579,7 +628,10 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
   lines += ["## Reproduce", "", "```bash", study.command, "```", "",
             f"Configs: `study_config.json` (this study), each run's `config.json` under the "
             f"work dir. Versions: {_versions()}. Wall time of all runs: training "
-            f"{seconds['train'] / 3600:.2f} h, evaluation {seconds['eval'] / 3600:.2f} h.", ""]
+            f"{seconds['train'] / 3600:.2f} h, evaluation {seconds['eval'] / 3600:.2f} h ("
+            + "; ".join(f"seed {k}: {t['train'] / 3600:.2f} h + {t['eval'] / 3600:.2f} h"
+                        for k, t in per_seed.items() if t["train"] + t["eval"])
+            + ").", ""]
   with open(os.path.join(results_dir, "README.md"), "w") as f:
     f.write("\n".join(lines))
 

@@ -1,6 +1,8 @@
 """study.py: cross-validated studies, their statistics and their reports."""
 
+import csv
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -171,3 +173,37 @@ def test_a_study_sharing_runs_keeps_its_own_records(study_run):
   assert len(mine) == 4 and not list((tmp / "other_runs").glob("*/*/checkpoints"))
   recs = study.read_records(str(mine[0]))
   assert "fgsm@0.002:adv_correct" in recs and "grad_cam-keep-3@0.004:spearman" not in recs
+
+
+def test_a_summarised_repetition_outlives_its_work_dir(study_run, tmp_path):
+  """The results directory is the durable record: with the work dir gone (another machine,
+  a later session), a summary takes the committed per-image records, split back into their
+  folds (also from files written before they had a ``fold`` column), and the recorded wall
+  time, and reports the same numbers."""
+  s, tmp, out = study_run
+  results = tmp_path / "results"
+  shutil.copytree(tmp / "results", results)
+  again = s.copy_and_resolve_references()
+  again.results_dir, again.stages = str(results), ("summarise",)
+
+  def summary():
+    got = study.run_study(again, str(tmp_path / "gone"))
+    assert not got["missing"]
+    for r, expected in zip(got["models"], out["models"], strict=True):
+      assert r.keys() == expected.keys() and r["runs"] == expected["runs"]
+      assert [r[k] for k in ("mean", "oof")] == pytest.approx(
+          [expected[k] for k in ("mean", "oof")], nan_ok=True)
+    return got
+
+  summary()
+  fresh = (tmp / "results" / "README.md").read_text().split("Wall time")[1]
+  assert (results / "README.md").read_text().split("Wall time")[1] == fresh
+  for path in results.glob("per_image_*.csv"):       # the files of the first summaries
+    with open(path, newline="") as f:
+      rows = list(csv.DictReader(f))
+    assert {r["fold"] for r in rows} == {"0.0", "1.0"}
+    with open(path, "w", newline="") as f:
+      w = csv.DictWriter(f, [k for k in rows[0] if k != "fold"], extrasaction="ignore")
+      w.writeheader()
+      w.writerows(rows)
+  summary()
