@@ -419,7 +419,9 @@ def committed_records(study, results_dir: str) -> dict:
   The work dir (checkpoints, per-run records) is large and need not outlive the machine;
   the results directory is the durable record. A repetition summarised once is therefore
   never lost: a later summary (e.g. after the second seed ran elsewhere) takes these
-  records for every run whose work dir is gone. Files written before the ``fold`` column
+  records for every run whose work dir is gone, and :func:`run_study` neither retrains nor
+  re-evaluates those runs (delete the file to redo a repetition, e.g. after adding an
+  attack to the config). Files written before the ``fold`` column
   existed get their folds from :func:`lib.data.cv_assignment`, a pure function of the
   groups, labels and seed."""
   out = {}
@@ -641,8 +643,12 @@ def run_study(study, workdir: str) -> dict:
   results_dir = study.results_dir
   os.makedirs(results_dir, exist_ok=True)
   stages = tuple(study.get("stages", ("train", "evaluate", "summarise")))
+  committed = committed_records(study, results_dir)
   for m, seed, fold in all_runs(study):   # each run evaluated as soon as it is trained
     rd = run_dir(study, workdir, m.name, seed, fold)
+    done_here = os.path.exists(os.path.join(eval_dir(workdir, m.name, seed, fold), "per_image.csv"))
+    if (m.name, seed, fold) in committed and not done_here:
+      continue   # summarised before and its work dir is gone: never retrained
     if "train" in stages:
       train_run(study, m, seed, fold, workdir)
     if "evaluate" in stages and os.path.exists(os.path.join(rd, "test_metrics.json")):

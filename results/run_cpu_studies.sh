@@ -2,7 +2,8 @@
 # The CPU-scale studies in the order this machine (2 cores) runs them: the first repetition
 # (seed 0, all 5 folds) of every study before the second, so that each study has a complete
 # cross-validation as early as possible. Every step resumes where it stopped (finished runs
-# and evaluations are kept), so the script can be started again after an interruption:
+# and evaluations are kept; repetitions committed under results/ are not redone even on a
+# fresh machine), so the script can be started again after an interruption:
 #
 #   nohup nice -n 10 bash results/run_cpu_studies.sh >> runs/cpu_studies.log 2>&1 &
 #

@@ -196,6 +196,10 @@ def test_a_summarised_repetition_outlives_its_work_dir(study_run, tmp_path):
     return got
 
   summary()
+  resumed = again.copy_and_resolve_references()
+  resumed.stages = ("train", "evaluate", "summarise")      # nothing committed is redone
+  assert not study.run_study(resumed, str(tmp_path / "gone"))["missing"]
+  assert not (tmp_path / "gone").exists() or not list((tmp_path / "gone").rglob("*"))
   fresh = (tmp / "results" / "README.md").read_text().split("Wall time")[1]
   assert (results / "README.md").read_text().split("Wall time")[1] == fresh
   for path in results.glob("per_image_*.csv"):       # the files of the first summaries
