@@ -27,18 +27,30 @@ def demo_config():
   return default.get_config("test")
 
 
+def tiny_training_config():
+  """The demo's tiny multi-task ResNet (32 px, width 8) on 256 synthetic lesions, trained
+  for 16 epochs at learning rate 1e-2: test AUC 0.90-0.93 over seeds 0-2. The earlier
+  8 epochs at 3e-3 stopped on a plateau (AUC 0.55-0.96 by seed, and by CPU: float
+  rounding on an AVX-512 machine picked a worse checkpoint than on AVX2), so the
+  properties tested on it (an attack beats noise, PGD training helps) held on one
+  machine and not on another."""
+  from configs import default
+  c = default.get_config("test")
+  c.num_devices = 1
+  c.num_epochs = 16
+  c.learning_rate = 1e-2
+  c.data.num_train = 256
+  return c
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-  """The demo's tiny multi-task ResNet trained for 8 epochs on 256 synthetic lesions.
+  """:func:`tiny_training_config`'s model, trained once.
 
   Returns ``(model, variables, x_test, y_test, workdir)``.
   """
-  from configs import default
   from lib import data, experiment, trainer
-  c = default.get_config("test")
-  c.num_devices = 1
-  c.num_epochs = 8
-  c.data.num_train = 256
+  c = tiny_training_config()
   workdir = str(tmp_path_factory.mktemp("trained"))
   trainer.train_and_evaluate(c, workdir)
   config, model, variables = experiment.restore_model(workdir)

@@ -14,6 +14,7 @@ from configs import default
 from lib import (adversarial, attacks, checkpoint, data, experiment, models, parallel, train_step,
                  trainer)
 
+from tests.conftest import tiny_training_config
 
 def _config(method="pgd", **adv):
   c = default.get_config("test")
@@ -117,10 +118,7 @@ def trained_pair(tmp_path_factory):
   """A standard and a PGD-trained tiny model on the same synthetic data and seed."""
   runs = {}
   for method in ("none", "pgd"):
-    c = default.get_config("test")
-    c.num_devices = 1
-    c.num_epochs = 8
-    c.data.num_train = 256
+    c = tiny_training_config()
     c.adv.method = method
     c.adv.eps = 0.01
     c.adv.steps = 3

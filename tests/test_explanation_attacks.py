@@ -55,15 +55,19 @@ def test_grad_cam_attack_beats_noise_and_a_class_attack(setup):
   m0 = _maps(fns, x)
   attacked = _maps(fns, _attack(fns, x, mode="keep"))
   noise = _maps(fns, attacks.uniform_noise(None, x, None, eps=EPS, key=jax.random.PRNGKey(3)))
-  y = jnp.argmax(fns.logits_fn(x), -1)
-  pgd = _maps(fns, attacks.pgd(fns.logits_fn, x, y, eps=EPS, step_size=EPS / 4, steps=STEPS,
-                               unroll=1))
   d = lambda m: 1.0 - metrics.pearson(m0, m)
   assert d(attacked).mean() > d(noise).mean() + 0.1
   # Per image, the returned map is at least as far as the clean one (it is a candidate).
   assert (d(attacked) >= -1e-6).all()
-  s_attack = np.median(metrics.spearman(m0, attacked))
-  s_pgd = np.median(metrics.spearman(m0, pgd))
+  # Against a class attack of the same budget, both maps explaining the clean prediction
+  # (PGD flips most labels, and the map of another class differs for that reason alone),
+  # at an eps where PGD leaves that class some evidence (at 0.03 its CAM is all zero).
+  # Measured on the 16-epoch model: median Spearman 0.44 (map attack) vs 0.84 (PGD).
+  eps, y = 0.02, jnp.argmax(fns.logits_fn(x), -1)
+  of_y = lambda z: np.asarray(saliency.explain("grad_cam", fns, z, y))
+  s_attack = np.median(metrics.spearman(m0, of_y(_attack(fns, x, eps=eps, mode="keep"))))
+  x_pgd = attacks.pgd(fns.logits_fn, x, y, eps=eps, step_size=eps / 4, steps=STEPS, unroll=1)
+  s_pgd = np.median(metrics.spearman(m0, of_y(x_pgd)))
   assert s_attack < s_pgd - 0.2, (s_attack, s_pgd)
 
 
