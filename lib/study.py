@@ -396,11 +396,12 @@ def summarise(study, workdir: str, results_dir: str) -> dict:
   report.write_table(per_run, os.path.join(results_dir, "per_run"))
   model_table = report.write_table(model_rows, os.path.join(results_dir, "models"))
   comparison_table = report.write_table(comparison_rows, os.path.join(results_dir, "comparisons"))
-  for n in names:
-    for s, rec in zip(complete_reps, pooled[n]):
-      fold_of = {i: f for f in range(study.folds) for i in recs[n, s, f]["id"]}
-      rec = dict(rec, fold=np.array([fold_of[i] for i in rec["id"]], np.float64))
-      write_records(rec, os.path.join(results_dir, f"per_image_{n}_seed{s}.csv"))
+  for n in names:     # every evaluated run, also of unfinished repetitions (durable record)
+    for s in study.seeds:
+      done = [f for f in range(study.folds) if (n, s, f) in recs]
+      if done:
+        write_records(_with_folds([recs[n, s, f] for f in done], done),
+                      os.path.join(results_dir, f"per_image_{n}_seed{s}.csv"))
   plot_metrics(model_rows, study, os.path.join(results_dir, "metrics.png"))
   curves = [f"{field}_vs_eps.png" for field in study.get("curves", ("adv_correct",))
             if plot_eps_curves(model_rows, study, field,
@@ -412,13 +413,23 @@ def summarise(study, workdir: str, results_dir: str) -> dict:
           "missing": missing}
 
 
+def _with_folds(records: list[dict], folds: list[int]) -> dict:
+  """The records of several folds in one, sorted by image id, with a ``fold`` column."""
+  rec = {k: (sum((r[k] for r in records), []) if isinstance(v, list) else
+             np.concatenate([r[k] for r in records])) for k, v in records[0].items()}
+  rec["fold"] = np.concatenate([np.full(len(r["id"]), f, np.float64)
+                                for r, f in zip(records, folds)])
+  order = np.argsort(np.asarray(rec["id"]), kind="stable")
+  return {k: ([v[i] for i in order] if isinstance(v, list) else v[order]) for k, v in rec.items()}
+
+
 def committed_records(study, results_dir: str) -> dict:
-  """``{(model, seed, fold): records}`` of the repetitions an earlier summary committed
-  (``per_image_<model>_seed<s>.csv``), split back into their folds.
+  """``{(model, seed, fold): records}`` of the runs an earlier summary committed
+  (``per_image_<model>_seed<s>.csv``: every evaluated fold), split back into their folds.
 
   The work dir (checkpoints, per-run records) is large and need not outlive the machine;
-  the results directory is the durable record. A repetition summarised once is therefore
-  never lost: a later summary (e.g. after the second seed ran elsewhere) takes these
+  the results directory is the durable record. A run summarised once is therefore never
+  lost, even when its repetition is not finished (a repetition may take several sessions): a later summary (e.g. after the second seed ran elsewhere) takes these
   records for every run whose work dir is gone, and :func:`run_study` neither retrains nor
   re-evaluates those runs (delete the file to redo a repetition, e.g. after adding an
   attack to the config). Files written before the ``fold`` column
@@ -437,6 +448,8 @@ def committed_records(study, results_dir: str) -> dict:
       fold = np.asarray(fold, np.int64)
       for f in range(study.folds):
         idx = np.flatnonzero(fold == f)
+        if not len(idx):
+          continue     # not evaluated when that summary was written
         out[m.name, seed, f] = {k: ([v[i] for i in idx] if isinstance(v, list) else v[idx])
                                 for k, v in rec.items()}
   return out
@@ -562,27 +575,29 @@ def _versions() -> str:
 
 
 def wall_times(study, workdir: str, results_dir: str) -> dict:
-  """Training and evaluation seconds per repetition (``{"0": {"train": s, "eval": s}}``),
-  summed over the runs' time files in the work dir, or, where an earlier summary recorded
-  more (its work dir is gone), as recorded in ``results_dir/wall_time.json`` (rewritten)."""
+  """Training and evaluation seconds per repetition (``{"0": {"train": s, "eval": s}}``).
+
+  Each run's time files in the work dir are recorded per run in
+  ``results_dir/wall_time.json`` (``"model/seed0_fold3": {"train": s, "eval": s}``), which
+  keeps the runs whose work dir is gone; a repetition's time is the sum of its entries
+  (an entry may also cover several runs, e.g. ``"all runs/seed0_folds0-4"``)."""
   path = os.path.join(results_dir, "wall_time.json")
-  stored = json.load(open(path)) if os.path.exists(path) else {}
-  out = {}
-  for seed in study.seeds:
-    here = {"train": 0.0, "eval": 0.0}
-    for m in study.models:
-      for fold in range(study.folds):
-        for stage, where in (("train", run_dir(study, workdir, m.name, seed, fold)),
-                             ("eval", eval_dir(workdir, m.name, seed, fold))):
-          t = os.path.join(where, f"{stage}_time.json")
-          if os.path.exists(t):
-            with open(t) as f:
-              here[stage] += json.load(f)["seconds"]
-    old = stored.get(str(seed))
-    out[str(seed)] = old if old and sum(old.values()) > sum(here.values()) else here
+  runs = json.load(open(path)) if os.path.exists(path) else {}
+  for m, seed, fold in all_runs(study):
+    here = {}
+    for stage, where in (("train", run_dir(study, workdir, m.name, seed, fold)),
+                         ("eval", eval_dir(workdir, m.name, seed, fold))):
+      t = os.path.join(where, f"{stage}_time.json")
+      if os.path.exists(t):
+        with open(t) as f:
+          here[stage] = json.load(f)["seconds"]
+    if here:
+      key = f"{m.name}/seed{seed}_fold{fold}"
+      runs[key] = {"train": 0.0, "eval": 0.0, **runs.get(key, {}), **here}
   with open(path, "w") as f:
-    json.dump(out, f, indent=1)
-  return out
+    json.dump(runs, f, indent=1, sort_keys=True)
+  return {str(seed): {stage: sum(v[stage] for k, v in runs.items() if f"/seed{seed}_" in k)
+                      for stage in ("train", "eval")} for seed in study.seeds}
 
 
 def write_readme(study, results_dir, model_table, comparison_table, verdicts, missing,

@@ -211,3 +211,16 @@ def test_a_summarised_repetition_outlives_its_work_dir(study_run, tmp_path):
       w.writeheader()
       w.writerows(rows)
   summary()
+  # A repetition half done when its work dir went: the evaluated fold is kept, the other
+  # one is reported missing (and would be trained by the next train + evaluate pass).
+  path = results / "per_image_mtl_seed0.csv"
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  with open(path, "w", newline="") as f:
+    w = csv.DictWriter(f, list(rows[0]))
+    w.writeheader()
+    w.writerows(r for r in rows if r["fold"] == "0.0")
+  partial = study.run_study(again, str(tmp_path / "gone"))
+  assert partial["missing"] == ["mtl/seed0_fold1"]
+  kept = study.read_records(str(path))
+  assert set(kept["fold"]) == {0.0} and len(kept["id"]) == sum(r["fold"] == "0.0" for r in rows)
