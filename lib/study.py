@@ -329,13 +329,23 @@ def group_bootstrap(pooled: list[dict], fn, *, paired: list[dict] | None = None,
   return estimate, float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a)), p
 
 
+def _concat(records: list[dict]) -> dict:
+  """Per-image records (columns: lists of strings or arrays) one after the other."""
+  return {k: (sum((r[k] for r in records), []) if isinstance(records[0][k], list)
+              else np.concatenate([r[k] for r in records])) for k in records[0]}
+
+
+def _take(rec: dict, idx) -> dict:
+  """The rows ``idx`` of per-image records, in that order."""
+  return {k: ([v[i] for i in idx] if isinstance(v, list) else v[np.asarray(idx, np.int64)])
+          for k, v in rec.items()}
+
+
 def _aligned(records: list[dict], order: list[str]) -> dict:
   """One repetition's out-of-fold records (its k test folds), rows in ``order`` of ids."""
-  pooled = {k: (sum((r[k] for r in records), []) if isinstance(records[0][k], list)
-                else np.concatenate([r[k] for r in records])) for k in records[0]}
+  pooled = _concat(records)
   pos = {i: n for n, i in enumerate(pooled["id"])}
-  take = [pos[i] for i in order]
-  return {k: ([v[j] for j in take] if isinstance(v, list) else v[take]) for k, v in pooled.items()}
+  return _take(pooled, [pos[i] for i in order])
 
 
 def summarise(study, workdir: str, results_dir: str) -> dict:
@@ -415,12 +425,9 @@ def summarise(study, workdir: str, results_dir: str) -> dict:
 
 def _with_folds(records: list[dict], folds: list[int]) -> dict:
   """The records of several folds in one, sorted by image id, with a ``fold`` column."""
-  rec = {k: (sum((r[k] for r in records), []) if isinstance(v, list) else
-             np.concatenate([r[k] for r in records])) for k, v in records[0].items()}
-  rec["fold"] = np.concatenate([np.full(len(r["id"]), f, np.float64)
-                                for r, f in zip(records, folds)])
-  order = np.argsort(np.asarray(rec["id"]), kind="stable")
-  return {k: ([v[i] for i in order] if isinstance(v, list) else v[order]) for k, v in rec.items()}
+  rec = _concat([dict(r, fold=np.full(len(r["id"]), f, np.float64))
+                 for r, f in zip(records, folds)])
+  return _take(rec, np.argsort(np.asarray(rec["id"]), kind="stable"))
 
 
 def committed_records(study, results_dir: str) -> dict:
@@ -429,12 +436,12 @@ def committed_records(study, results_dir: str) -> dict:
 
   The work dir (checkpoints, per-run records) is large and need not outlive the machine;
   the results directory is the durable record. A run summarised once is therefore never
-  lost, even when its repetition is not finished (a repetition may take several sessions): a later summary (e.g. after the second seed ran elsewhere) takes these
-  records for every run whose work dir is gone, and :func:`run_study` neither retrains nor
-  re-evaluates those runs (delete the file to redo a repetition, e.g. after adding an
-  attack to the config). Files written before the ``fold`` column
-  existed get their folds from :func:`lib.data.cv_assignment`, a pure function of the
-  groups, labels and seed."""
+  lost, even when its repetition is not finished (one may take several sessions): a later
+  summary (e.g. after the second seed ran elsewhere) takes these records for every run
+  whose work dir is gone, and :func:`run_study` neither retrains nor re-evaluates those
+  runs (delete the file to redo a repetition, e.g. after adding an attack to the config).
+  Files written before the ``fold`` column existed get their folds from
+  :func:`lib.data.cv_assignment`, a pure function of the groups, labels and seed."""
   out = {}
   for m in study.models:
     for seed in study.seeds:
@@ -450,8 +457,7 @@ def committed_records(study, results_dir: str) -> dict:
         idx = np.flatnonzero(fold == f)
         if not len(idx):
           continue     # not evaluated when that summary was written
-        out[m.name, seed, f] = {k: ([v[i] for i in idx] if isinstance(v, list) else v[idx])
-                                for k, v in rec.items()}
+        out[m.name, seed, f] = _take(rec, idx)
   return out
 
 

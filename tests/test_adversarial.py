@@ -16,6 +16,7 @@ from lib import (adversarial, attacks, checkpoint, data, experiment, models, par
 
 from tests.conftest import tiny_training_config
 
+
 def _config(method="pgd", **adv):
   c = default.get_config("test")
   c.num_devices = 1

@@ -33,10 +33,9 @@ def test_sweep_compiles_once_per_attack_and_writes_outputs(trained, tmp_path):
   assert len([n for n in os.listdir(tmp_path) if n.startswith("examples_")]) == len(c.attacks)
   keep = [r for r in rows if r["attack"].startswith("grad_cam-keep")]
   assert keep and all(r["map_label_kept"] == 1.0 for r in keep)
-  # The map moved (how far against other attacks: tests/test_explanation_attacks.py), and a
-  # perturbation of size 0 leaves every map as it was.
+  # The map moved (how far against other attacks: tests/test_explanation_attacks.py); eps 0
+  # moves none (below).
   assert keep[0]["spearman_median"] < 0.95
-  assert all(r["spearman_median"] == pytest.approx(1.0) for r in rows if r["eps"] == 0.0)
   for r in rows:
     assert r["map_method"] == "grad_cam" and -1.0 <= r["spearman_median"] <= 1.0
   zero = [r for r in rows if r["eps"] == 0.0]
