@@ -199,19 +199,21 @@ def test_overfitting_monitor(caplog):
 
 
 @pytest.mark.parametrize("variant", ["pgd,cpu", "iterative", "fgsm_rs,cpu", "trades", "finetune,cpu",
-                                     "first_layers,cpu", "transplant,cpu"])
-def test_busi_adversarial_configs(variant):
-  from configs import busi_adversarial
-  c = busi_adversarial.get_config(variant)
+                                     "first_layers,cpu", "transplant,cpu", "pgd,brain_mri,cpu",
+                                     "first_layers,brain_mri"])
+def test_adversarial_configs(variant):
+  from configs import adversarial as adversarial_configs
+  c = adversarial_configs.get_config(variant)
   adversarial.check_config(c.adv)
   assert c.adv.eps == 0.004 and (c.model.name == "resnet18") == ("cpu" in variant)
+  assert c.data.name == ("brain_mri" if "brain_mri" in variant else "busi")
   model = experiment.build_model(c)
   params = jax.eval_shape(lambda: models.init_variables(model, 0, 32))["params"]
   train_step.trainable_labels(params, c.trainable)   # every named stage exists
 
 
 def test_iterative_ramp_follows_the_epochs_given_on_the_command_line():
-  from configs import busi_adversarial
-  c = busi_adversarial.get_config("iterative,cpu")
+  from configs import adversarial as adversarial_configs
+  c = adversarial_configs.get_config("iterative,cpu")
   c.num_epochs = 20
   assert c.adv.ramp_epochs == 5

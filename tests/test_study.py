@@ -74,7 +74,8 @@ def test_every_study_config_builds_every_model_config(variant, tmp_path):
   configs = [busi_gradcam.get_config(variant), robust_saliency.get_config(variant),
              robust_gradcam.get_config(variant),
              oncology_robustness.get_config(f"busi_{variant}"),
-             oncology_robustness.get_config(f"brain_mri_{variant}")]
+             oncology_robustness.get_config(f"brain_mri_{variant}"),
+             robust_saliency.get_config(f"brain_mri_{variant}")]
   for s in configs:
     for m, seed, fold in study.all_runs(s):
       c = study.train_config_for(s, m, seed, fold, str(tmp_path))
@@ -90,8 +91,12 @@ def test_every_study_config_builds_every_model_config(variant, tmp_path):
   shared = study.train_config_for(configs[2], configs[2].models[2], 0, 0, str(tmp_path))
   assert shared.init_from == os.path.join("runs/study_robust_saliency_" + variant, "pgd",
                                           "seed0_fold0")
-  with pytest.raises(ValueError, match="Unknown variant"):
-    oncology_robustness.get_config("ct_cpu")
+  brain = study.train_config_for(configs[5], configs[5].models[3], 0, 1, str(tmp_path))
+  assert brain.data.name == "brain_mri" and brain.trainable == ("stem", "stage1")
+  assert not any("lesion" in m for m in configs[5].metrics)   # no tumour masks
+  for bad in (oncology_robustness, robust_saliency):
+    with pytest.raises(ValueError, match="Unknown variant"):
+      bad.get_config("ct_cpu")
 
 
 @pytest.fixture(scope="module")

@@ -1,28 +1,34 @@
-"""Adversarial training on BUSI (the oncology and skin-cancer studies' remedies).
+"""Adversarial training (the oncology and skin-cancer studies' remedies) of a plain classifier.
 
-The variant names the method, optionally with ``,cpu`` for ResNet-18 at 128 px:
+The variant names the method, optionally the data set (``busi``, the default, or
+``brain_mri``) and ``,cpu`` for ResNet-18 at 128 px:
 
-  python train.py --config=configs/busi_adversarial.py:pgd,cpu       --workdir=runs/busi_pgd_cpu
-  python train.py --config=configs/busi_adversarial.py:iterative,cpu --workdir=runs/busi_iter_cpu
-  python train.py --config=configs/busi_adversarial.py:fgsm_rs,cpu   --workdir=runs/busi_fgsm_cpu
-  python train.py --config=configs/busi_adversarial.py:trades,cpu    --workdir=runs/busi_trades_cpu
+  python train.py --config=configs/adversarial.py:pgd,cpu       --workdir=runs/busi_pgd_cpu
+  python train.py --config=configs/adversarial.py:iterative,cpu --workdir=runs/busi_iter_cpu
+  python train.py --config=configs/adversarial.py:fgsm_rs,cpu   --workdir=runs/busi_fgsm_cpu
+  python train.py --config=configs/adversarial.py:trades,cpu    --workdir=runs/busi_trades_cpu
   # robust fine-tuning with a small learning rate (sharper saliency, skin-cancer study)
-  python train.py --config=configs/busi_adversarial.py:finetune,cpu \\
+  python train.py --config=configs/adversarial.py:finetune,cpu \\
       --config.init_from=runs/busi_pgd_cpu --workdir=runs/busi_pgd_ft_cpu
   # robustify only the first stages of a standard model (the rest frozen)
-  python train.py --config=configs/busi_adversarial.py:first_layers,cpu \\
+  python train.py --config=configs/adversarial.py:first_layers,cpu \\
       --config.init_from=runs/busi_baseline_cpu --workdir=runs/busi_first_cpu
   # transplant a robust model's first stages into a standard one, fine-tune the rest clean
-  python train.py --config=configs/busi_adversarial.py:transplant,cpu \\
+  python train.py --config=configs/adversarial.py:transplant,cpu \\
       --config.init_from=runs/busi_baseline_cpu --config.transplant_from=runs/busi_pgd_cpu \\
       --workdir=runs/busi_transplant_cpu
+  # any of them on brain MRI
+  python train.py --config=configs/adversarial.py:pgd,brain_mri,cpu --workdir=runs/brain_pgd_cpu
 
-All are the plain classifier (``busi_baseline.py``); ``--config.model.seg_head=True`` adds
-the segmentation head (its loss is taken on clean images). The best checkpoint is chosen
-by validation AUC; ``val_pgd_accuracy`` (PGD on a held-out batch) is logged every epoch.
+Each starts from the data set's plain classifier (``busi_baseline.py``, ``brain_mri.py``);
+on BUSI ``--config.model.seg_head=True`` adds the segmentation head (its loss is taken on
+clean images). The best checkpoint is chosen by validation AUC; ``val_pgd_accuracy`` (PGD
+on a held-out batch) is logged every epoch.
 """
 
-from configs import busi_baseline
+from configs import brain_mri, busi_baseline
+
+DATA = {"busi": busi_baseline.get_config, "brain_mri": brain_mri.get_config}
 
 FIRST_STAGES = ("stem", "stage1")
 LATER_STAGES = ("stage2", "stage3", "stage4", "fc", "decoder")
@@ -31,11 +37,13 @@ LATER_STAGES = ("stage2", "stage3", "stage4", "fc", "decoder")
 def get_config(variant: str = "pgd"):
   parts = [p for p in variant.split(",") if p]
   cpu = "cpu" in parts
-  methods = [p for p in parts if p != "cpu"] or ["pgd"]
-  if len(methods) != 1:
-    raise ValueError(f"Name one method in the variant, e.g. ':pgd,cpu'; got {variant!r}.")
+  datasets = [p for p in parts if p in DATA] or ["busi"]
+  methods = [p for p in parts if p != "cpu" and p not in DATA] or ["pgd"]
+  if len(methods) != 1 or len(datasets) != 1:
+    raise ValueError(f"Name one method and at most one data set ({', '.join(DATA)}) in the "
+                     f"variant, e.g. ':pgd,cpu' or ':pgd,brain_mri,cpu'; got {variant!r}.")
   method = methods[0]
-  c = busi_baseline.get_config("cpu" if cpu else "")
+  c = DATA[datasets[0]]("cpu" if cpu else "")
   c.adv.eps = 0.004                      # the oncology study's budget, pixels in [0, 1]
   c.adv.steps = 7
   c.adv.step_size_factor = 0.25
