@@ -660,7 +660,10 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
 
 
 def run_study(study, workdir: str) -> dict:
-  """``study.py``'s job: the stages in ``study.stages`` (default all), then the summary."""
+  """``study.py``'s job: the stages in ``study.stages`` (default all): ``train`` and
+  ``evaluate`` every run not done (or committed) yet, ``summarise`` them all. Returns the
+  summary (empty without ``summarise``: a pass over one seed does not overwrite the
+  study's summary of all of them)."""
   results_dir = study.results_dir
   os.makedirs(results_dir, exist_ok=True)
   stages = tuple(study.get("stages", ("train", "evaluate", "summarise")))
@@ -678,4 +681,4 @@ def run_study(study, workdir: str) -> dict:
                     figures_to=results_dir if first else "")
   if "evaluate" in stages:
     plot_first_fold_maps(study, workdir, results_dir)
-  return summarise(study, workdir, results_dir)
+  return summarise(study, workdir, results_dir) if "summarise" in stages else {}

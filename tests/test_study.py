@@ -207,6 +207,11 @@ def test_a_summarised_repetition_outlives_its_work_dir(study_run, tmp_path):
   assert not (tmp_path / "gone").exists() or not list((tmp_path / "gone").rglob("*"))
   fresh = (tmp / "results" / "README.md").read_text().split("Wall time")[1]
   assert (results / "README.md").read_text().split("Wall time")[1] == fresh
+  summary_files = {p: p.read_bytes() for p in results.iterdir()}
+  one_pass = again.copy_and_resolve_references()
+  one_pass.stages = ("train", "evaluate")                  # no summary asked for: none written
+  assert study.run_study(one_pass, str(tmp_path / "gone")) == {}
+  assert {p: p.read_bytes() for p in results.iterdir()} == summary_files
   for path in results.glob("per_image_*.csv"):       # the files of the first summaries
     with open(path, newline="") as f:
       rows = list(csv.DictReader(f))
