@@ -27,6 +27,17 @@ STUDIES=(
   "busi_gradcam.py:cpu study_busi_gradcam_cpu"
 )
 
+# Is study 4's 10-step Grad-CAM attack strong enough? 5x the steps, Adam steps and restarts
+# on the standard and the PGD-AT model of one fold (while study 3's runs are on this machine).
+attack_strength_check() {
+  local runs=runs/study_robust_saliency_cpu out=results/robust_gradcam_cpu/attack_strength.md
+  if [[ -s $out || ! -e $runs/pgd/seed1_fold0/test_metrics.json ]]; then return; fi
+  echo "=== $(date -u +%FT%TZ) attack strength check -> $out"
+  "$PY" results/explanation_attack_settings.py --settings=strength --images=32 \
+    --workdir=$runs/standard/seed1_fold0 --workdir=$runs/pgd/seed1_fold0 > "$out.tmp"
+  mv "$out.tmp" "$out"
+}
+
 for seeds in "(0,)" "(0, 1)"; do
   for entry in "${STUDIES[@]}"; do
     read -r config workdir <<< "$entry"
@@ -35,5 +46,6 @@ for seeds in "(0,)" "(0, 1)"; do
       --config.seeds="$seeds" --config.stages="('train', 'evaluate')"
     "$PY" study.py --config="configs/studies/$config" --workdir="runs/$workdir" \
       --config.stages="('summarise',)"
+    if [[ $config == robust_gradcam.py:cpu ]]; then attack_strength_check; fi
   done
 done
