@@ -11,7 +11,13 @@ attacked method for explanation attacks) changed.
 
 ``:quick`` is a small grid (FGSM, PGD-10 and a Grad-CAM ``keep`` attack at one eps) for
 the demo, ``:cpu`` the class attacks used for the BUSI ResNet-18 models on 2 CPU cores,
-``:explain`` the explanation attacks of the breast-ultrasound study on them.
+``:explain`` the explanation attacks of the breast-ultrasound study on them, ``:strength``
+study 4's Grad-CAM ``keep`` attack (10 signed steps of eps/4) against 5x the steps, Adam
+steps and restarts, on the first 32 test images (is the 10-step attack strong enough?):
+
+  python attack.py --config=configs/attack_sweep.py:strength \
+      --config.checkpoints=runs/study_robust_saliency_cpu/standard/seed1_fold0,runs/study_robust_saliency_cpu/pgd/seed1_fold0 \
+      --workdir=results/robust_gradcam_cpu/attack_strength
 """
 
 import ml_collections
@@ -73,6 +79,17 @@ def get_config(variant: str = ""):
         explanation("gradient", mode="keep", surrogate=True, beta=10.0, eps=(0.004,)),
     )
     c.figure_eps = 0.004
+  elif variant == "strength":
+    c.eps = (0.008, 0.031)
+    c.max_images, c.figure_examples = 32, 0
+    c.attacks = (
+        explanation("grad_cam", mode="keep", steps=10, step_size_factor=0.25),   # study 4's
+        explanation("grad_cam", mode="keep", steps=50),
+        explanation("grad_cam", mode="keep", steps=50, step_size_factor=0.25, step_rule="adam",
+                    step_schedule="cosine"),
+        explanation("grad_cam", mode="keep", steps=50, restarts=3),
+    )
   elif variant:
-    raise ValueError(f"Unknown variant {variant!r}; use ':quick', ':cpu', ':explain' or nothing.")
+    raise ValueError(f"Unknown variant {variant!r}; use ':quick', ':cpu', ':explain', "
+                     "':strength' or nothing.")
   return c

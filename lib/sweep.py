@@ -84,7 +84,7 @@ def make_attack(spec) -> Callable:
 
 def attack_label(spec) -> str:
   """A short name for tables: ``pgd-10``, ``apgd-20-dlr``, ``grad_cam-keep-50``,
-  ``gradient-top_k-30-softplus``..."""
+  ``grad_cam-keep-50-adam``, ``gradient-top_k-30-softplus``, ``grad_cam-keep-50-r3``..."""
   spec = ml_collections.ConfigDict(dict(spec))
   if spec.name == EXPLANATION:
     objective = spec.get("objective", "dissimilarity")
@@ -95,6 +95,8 @@ def attack_label(spec) -> str:
     if spec.get("kind", "pearson") != "pearson":
       parts.append(spec.kind)
     parts.append(str(spec.steps))
+    if spec.get("step_rule", "sign") != "sign":
+      parts.append(spec.step_rule)
     if spec.get("surrogate", False):
       parts.append("softplus")
   else:

@@ -30,12 +30,11 @@ STUDIES=(
 # Is study 4's 10-step Grad-CAM attack strong enough? 5x the steps, Adam steps and restarts
 # on the standard and the PGD-AT model of one fold (while study 3's runs are on this machine).
 attack_strength_check() {
-  local runs=runs/study_robust_saliency_cpu out=results/robust_gradcam_cpu/attack_strength.md
-  if [[ -s $out || ! -e $runs/pgd/seed1_fold0/test_metrics.json ]]; then return; fi
+  local runs=runs/study_robust_saliency_cpu out=results/robust_gradcam_cpu/attack_strength
+  if [[ -s $out/report.md || ! -e $runs/pgd/seed1_fold0/test_metrics.json ]]; then return; fi
   echo "=== $(date -u +%FT%TZ) attack strength check -> $out"
-  "$PY" results/explanation_attack_settings.py --settings=strength --images=32 \
-    --workdir=$runs/standard/seed1_fold0 --workdir=$runs/pgd/seed1_fold0 > "$out.tmp"
-  mv "$out.tmp" "$out"
+  "$PY" attack.py --config=configs/attack_sweep.py:strength --workdir="$out" \
+    --config.checkpoints="$runs/standard/seed1_fold0,$runs/pgd/seed1_fold0"
 }
 
 for seeds in "(0,)" "(0, 1)"; do

@@ -84,6 +84,17 @@ def test_sweep_resumes_where_it_stopped(trained, tmp_path):
   assert len(sweep.run_sweep(c, str(tmp_path))) == len(first)
 
 
+@pytest.mark.parametrize("variant", ["", "quick", "cpu", "explain", "strength"])
+def test_every_attack_of_a_sweep_has_its_own_label(variant):
+  """Rows, resume and figures are keyed by the label: two attacks must not share one (the
+  ``strength`` grid has 50 signed and 50 Adam steps of the same objective)."""
+  c = attack_sweep.get_config(variant)
+  labels = [sweep.attack_label(a) for a in c.attacks]
+  assert len(set(labels)) == len(labels), labels
+  for a in c.attacks:
+    sweep.make_attack(a)          # every entry builds
+
+
 def test_masking_checks_flag_a_masked_curve():
   rows = [dict(model="m", attack=a, eps=e, accuracy=acc) for a, e, acc in [
       ("fgsm", 0.0, 0.9), ("fgsm", 0.01, 0.3), ("pgd-10", 0.0, 0.9), ("pgd-10", 0.01, 0.5),
