@@ -606,11 +606,51 @@ def wall_times(study, workdir: str, results_dir: str) -> dict:
                       for stage in ("train", "eval")} for seed in study.seeds}
 
 
+def checkpoint_selection(study, workdir: str, results_dir: str) -> list[dict]:
+  """``checkpoints.csv`` / ``.md``: the checkpoint each run kept (``best_step`` of its
+  ``last_step``, selected by the train config's ``best_metric`` on the validation part of
+  its training folds) and that checkpoint's validation metrics, e.g. ``val_pgd_accuracy``
+  of an adversarially trained model: was the model a study evaluates robust at all?
+
+  Like the wall time, the rows of runs whose work dir is gone are kept from the committed
+  file. Returns the rows (model, seed, fold order)."""
+  path = os.path.join(results_dir, "checkpoints.csv")
+  rows = {}
+  if os.path.exists(path):
+    with open(path, newline="") as f:
+      for r in csv.DictReader(f):
+        rows[r["model"], int(r["seed"]), int(r["fold"])] = {
+            k: v if k in ("model", "best_metric") else
+            int(v) if k in ("seed", "fold", "best_step", "last_step") else float(v)
+            for k, v in r.items() if v != ""}
+  for m, seed, fold in all_runs(study):
+    rd = run_dir(study, workdir, m.name, seed, fold)
+    if not os.path.exists(os.path.join(rd, "test_metrics.json")):
+      continue
+    with open(os.path.join(rd, "test_metrics.json")) as f:
+      best = int(json.load(f)["best_step"])
+    with open(os.path.join(rd, "config.json")) as f:
+      best_metric = json.load(f).get("best_metric", "")
+    log = report.read_jsonl(os.path.join(rd, "metrics.jsonl"))
+    val = {}   # the last validation entry of the best step (a resumed run may repeat it)
+    for r in log:
+      if r["step"] == best and any(k.startswith("val_") for k in r):
+        val = {k: v for k, v in r.items() if k.startswith("val_") and k != "val_n"}
+    rows[m.name, seed, fold] = {
+        "model": m.name, "seed": seed, "fold": fold, "best_metric": best_metric,
+        "best_step": best, "last_step": max((int(r["step"]) for r in log), default=best), **val}
+  order = {m.name: i for i, m in enumerate(study.models)}
+  out = [rows[k] for k in sorted(rows, key=lambda k: (order.get(k[0], len(order)), k[1], k[2]))]
+  report.write_table(out, os.path.join(results_dir, "checkpoints"))
+  return out
+
+
 def write_readme(study, results_dir, model_table, comparison_table, verdicts, missing,
                  complete_reps, curves: list, workdir: str) -> None:
   """README.md: claim, verdicts, tables, figures, command, versions, wall time, and a
   hand-written ``notes.md`` (discussion) when there is one."""
   per_seed = wall_times(study, workdir, results_dir)
+  selected = checkpoint_selection(study, workdir, results_dir)
   seconds = {k: sum(t[k] for t in per_seed.values()) for k in ("train", "eval")}
   with open(os.path.join(results_dir, "study_config.json"), "w") as f:
     f.write(study.to_json_best_effort(indent=2))
@@ -640,7 +680,9 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
       "corrected resampled t (Nadeau & Bengio 2003); `oof`: pooled out-of-fold value (each "
       "image predicted by the model that did not train on it), percentile bootstrap 95 % CI "
       f"over images resampling whole groups ({study.n_boot} resamples). Comparisons are paired "
-      "(same folds, same images).", "",
+      "(same folds, same images)."
+      + (" `checkpoints.md`: the checkpoint each run kept and its validation metrics."
+         if selected else ""), "",
       "## Models", "", model_table, "## Comparisons (a - b)", "", comparison_table,
       "![metrics](metrics.png)", ""]
   lines += [f"![{c}]({c})" for c in curves] + [""]

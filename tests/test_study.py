@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from configs.studies import busi_gradcam, common, oncology_robustness, robust_gradcam, robust_saliency
-from lib import study
+from lib import report, study
 
 
 def test_corrected_t_matches_the_formula_and_is_wider_than_the_naive_interval():
@@ -134,7 +134,18 @@ def test_a_study_runs_end_to_end_and_resumes(study_run):
   # Every image is out-of-fold exactly once per repetition.
   recs = study.read_records(str(res / "per_image_plain_seed0.csv"))
   assert len(set(recs["id"])) == 80 and "grad_cam-keep-3@0.004:spearman" in recs
+  # The checkpoint each run kept, with its validation metrics (from the run's own log).
+  kept = {(r["model"], r["fold"]): r for r in study.checkpoint_selection(s, str(tmp / "runs"), str(res))}
+  assert sorted(kept) == [("mtl", 0), ("mtl", 1), ("plain", 0), ("plain", 1)]
+  for (model, fold), r in kept.items():
+    rd = study.run_dir(s, str(tmp / "runs"), model, 0, fold)
+    logged = [e for e in report.read_jsonl(os.path.join(rd, "metrics.jsonl"))
+              if e["step"] == r["best_step"] and "val_auc" in e]
+    assert r["best_metric"] == "val_auc" and 0 < r["best_step"] <= r["last_step"]
+    assert r["val_auc"] == logged[-1]["val_auc"] == max(
+        e["val_auc"] for e in report.read_jsonl(os.path.join(rd, "metrics.jsonl")) if "val_auc" in e)
   readme = (res / "README.md").read_text()
+  assert "checkpoints.md" in readme
   assert "Did it hold?" in readme and s.command in readme and "1 of 1 repetitions" in readme
   # Resuming redoes nothing: no run is retrained, no evaluation recomputed.
   stamps = {p: os.path.getmtime(p) for p in (tmp / "runs").glob("*/*/per_image.csv")}
@@ -201,6 +212,7 @@ def test_a_summarised_repetition_outlives_its_work_dir(study_run, tmp_path):
     return got
 
   summary()
+  assert (results / "checkpoints.csv").read_bytes() == (tmp / "results" / "checkpoints.csv").read_bytes()
   resumed = again.copy_and_resolve_references()
   resumed.stages = ("train", "evaluate", "summarise")      # nothing committed is redone
   assert not study.run_study(resumed, str(tmp_path / "gone"))["missing"]
