@@ -1,0 +1,60 @@
+"""Checks behind statements in the studies' notes.md, computed from the committed records
+(no work dir needed):
+
+  .venv/bin/python results/record_checks.py attack_order results/oncology_robustness_busi_cpu
+  .venv/bin/python results/record_checks.py robust_vs_smooth results/robust_saliency_brain_mri_cpu
+
+``attack_order``: per model, seed and eps, how many images each attack flips (correct clean,
+wrong attacked) and how many one attack flips that another does not (a stronger attack
+should flip a superset: a per-image form of :func:`lib.sweep.masking_checks`), and the
+clean confidence. ``robust_vs_smooth``: per run, the kept PGD-AT checkpoint's validation
+PGD accuracy (``checkpoints.csv``) against its gradient total variation minus the standard
+model's (``per_run.csv``), with their Spearman rank correlation.
+"""
+import csv
+import os
+import sys
+
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from lib import study  # noqa: E402
+
+ATTACKS = ("fgsm", "bim-10", "pgd-10", "apgd-20")
+PAIRS = (("fgsm", "pgd-10"), ("pgd-10", "fgsm"), ("bim-10", "pgd-10"), ("pgd-10", "bim-10"),
+         ("pgd-10", "apgd-20"), ("apgd-20", "pgd-10"))
+
+
+def attack_order(d: str) -> None:
+  for path in sorted(p for p in os.listdir(d) if p.startswith("per_image_")):
+    r = study.read_records(os.path.join(d, path))
+    c = r["correct"] > 0.5
+    conf = np.maximum(r["prob"], 1 - r["prob"])
+    print(f"{path}: {len(c)} images, clean accuracy {c.mean():.3f}, median confidence "
+          f"{np.median(conf):.2f}, above 0.9 on {np.mean(conf > 0.9):.0%}")
+    for eps in ("0.004", "0.008"):
+      flip = {a: c & (r[f"{a}@{eps}:adv_correct"] < 0.5) for a in ATTACKS}
+      print(f"  eps {eps}: flipped " + ", ".join(f"{a} {int(v.sum())}" for a, v in flip.items())
+            + "; " + ", ".join(f"{a} not {b} {int((flip[a] & ~flip[b]).sum())}" for a, b in PAIRS))
+
+
+def robust_vs_smooth(d: str, metric: str = "mean:gradient:total_variation") -> None:
+  with open(os.path.join(d, "checkpoints.csv"), newline="") as f:
+    ck = {(r["model"], r["seed"], r["fold"]): r for r in csv.DictReader(f)}
+  with open(os.path.join(d, "per_run.csv"), newline="") as f:
+    pr = {(r["model"], r["seed"], r["fold"]): float(r["value"])
+          for r in csv.DictReader(f) if r["metric"] == metric}
+  xs, ys = [], []
+  for (model, seed, fold), r in sorted(ck.items()):
+    if model == "pgd" and ("standard", seed, fold) in pr:
+      xs.append(float(r["val_pgd_accuracy"]))
+      ys.append(pr["pgd", seed, fold] - pr["standard", seed, fold])
+      print(f"seed {seed} fold {fold}: best step {r['best_step']}, val PGD accuracy "
+            f"{xs[-1]:.3f}, {metric} pgd - standard {ys[-1]:+.4f}")
+  rho, p = stats.spearmanr(xs, ys)
+  print(f"Spearman over {len(xs)} runs: {rho:.2f} (p = {p:.2f})")
+
+
+if __name__ == "__main__":
+  {"attack_order": attack_order, "robust_vs_smooth": robust_vs_smooth}[sys.argv[1]](sys.argv[2])
