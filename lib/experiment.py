@@ -141,6 +141,23 @@ def _open_checkpoint(workdir: str, which: str, config):
   return ckpt, ckpt.best_step() if which == "best" else ckpt.latest_step()
 
 
+def run_names(workdirs) -> list[str]:
+  """Distinct short names for train.py work dirs, for tables and file names: each dir's last
+  path component, or as many trailing components (joined by ``-``) as it takes to tell them
+  apart, e.g. ``runs/x/standard/seed1_fold0`` and ``runs/x/pgd/seed1_fold0`` ->
+  ``standard-seed1_fold0`` and ``pgd-seed1_fold0``. A dir given twice is an error."""
+  parts = [os.path.abspath(w).split(os.sep) for w in workdirs]
+  full = ["/".join(p) for p in parts]
+  twice = sorted({w for w in full if full.count(w) > 1})
+  if twice:
+    raise ValueError(f"Work dir(s) given more than once: {', '.join(twice)}")
+  for n in range(1, max((len(p) for p in parts), default=1) + 1):
+    names = ["-".join(q for q in p[-n:] if q) for p in parts]
+    if len(set(names)) == len(names):
+      return names
+  return names
+
+
 def checkpoint_id(workdir: str, which: str = "best") -> str:
   """``<absolute run dir>@<step>`` of the checkpoint :func:`restore_model` would load: what
   a cached result was computed from."""

@@ -152,8 +152,7 @@ def run_explain(config, workdir: str) -> list[dict]:
   if not checkpoints:
     raise ValueError("No checkpoints: pass --config.checkpoints=RUN1,RUN2 (train.py work dirs).")
   rows, per_image, results = [], [], {}
-  for ckpt in checkpoints:
-    name = os.path.basename(os.path.normpath(ckpt))
+  for name, ckpt in zip(experiment.run_names(checkpoints), checkpoints):
     train_config, arrays, has_masks, per_method, maps, timing = explain_checkpoint(ckpt, config)
     results[name] = {"arrays": arrays, "maps": maps, "per_method": per_method,
                      "class_names": data.class_names(train_config.data)}

@@ -283,8 +283,7 @@ def run_sweep(config, workdir: str) -> list[dict]:
   counter = CompileCounter()
   rows = previous_cells(config, workdir) if config.get("resume", True) else []
   grid = {}   # (model, attack) -> position in this grid: the order of the tables
-  for ckpt in checkpoints:
-    name = os.path.basename(os.path.normpath(ckpt))
+  for name, ckpt in zip(experiment.run_names(checkpoints), checkpoints):
     source = experiment.checkpoint_id(ckpt, config.which)
     stale = [r for r in rows if r["model"] == name and r.get("checkpoint") != source]
     if stale:

@@ -2,13 +2,14 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from configs import attack_sweep
-from lib import sweep
+from lib import experiment, sweep
 
 
 def _config(workdir, num_devices):
@@ -82,6 +83,27 @@ def test_sweep_resumes_where_it_stopped(trained, tmp_path):
     sweep.run_sweep(c, str(tmp_path))
   c.resume = False
   assert len(sweep.run_sweep(c, str(tmp_path))) == len(first)
+
+
+def test_runs_with_the_same_dir_name_keep_their_own_cells(trained, tmp_path):
+  """``standard/seed1_fold0`` and ``pgd/seed1_fold0``: both models in the tables, under
+  distinct names (keyed by the last dir name alone, the second replaced the first's cells)."""
+  name = os.path.basename(os.path.normpath(trained[4]))
+  other = str(tmp_path / "pgd" / name)
+  shutil.copytree(trained[4], other)
+  c = _config(f"{trained[4]},{other}", 1)
+  c.attacks, c.eps, c.max_images, c.figure_examples = c.attacks[:1], (0.0, 0.01), 8, 0
+  rows = sweep.run_sweep(c, str(tmp_path / "out"))
+  models = {r["model"] for r in rows}
+  assert len(models) == 2 and f"pgd-{name}" in models
+  assert len(rows) == 4 and len({r["checkpoint"] for r in rows}) == 2
+  a, b = ([r["accuracy"] for r in rows if r["model"] == m] for m in sorted(models))
+  assert a == b                                          # the same weights
+  assert experiment.run_names(["r/standard/s1", "r/pgd/s1", "r/pgd/s2"]) == [
+      "standard-s1", "pgd-s1", "pgd-s2"]
+  assert experiment.run_names(["r/standard/s1", "r/pgd/s2"]) == ["s1", "s2"]
+  with pytest.raises(ValueError, match="more than once"):
+    experiment.run_names(["r/a", "r/b/../a"])
 
 
 @pytest.mark.parametrize("variant", ["", "quick", "cpu", "explain", "strength"])
