@@ -13,7 +13,7 @@ attacked method for explanation attacks) changed.
 the demo, ``:cpu`` the class attacks used for the BUSI ResNet-18 models on 2 CPU cores,
 ``:explain`` the explanation attacks of the breast-ultrasound study on them, ``:strength``
 study 4's Grad-CAM ``keep`` attack (10 signed steps of eps/4) against 5x the steps, Adam
-steps and restarts, on the first 32 test images (is the 10-step attack strong enough?):
+steps and restarts, on 32 test images (label-stratified; is the 10-step attack strong enough?):
 
   python attack.py --config=configs/attack_sweep.py:strength \
       --config.checkpoints=runs/study_robust_saliency_cpu/standard/seed1_fold0,runs/study_robust_saliency_cpu/pgd/seed1_fold0 \
@@ -50,7 +50,7 @@ def get_config(variant: str = ""):
   )
   c.batch_size = 32                # sharded over all devices; the last batch is padded
   c.num_devices = 0
-  c.max_images = 0                 # 0: the whole split
+  c.max_images = 0                 # 0: the whole split, else a label-stratified subset
   c.seed = 0
   c.figure_examples = 4            # images per example figure (0: none)
   c.figure_eps = 0.004

@@ -24,7 +24,7 @@ def get_config(variant: str = ""):
   c.deletion_steps = 16
   c.top_fraction = 0.1
   c.batch_size = 16
-  c.max_images = 0
+  c.max_images = 0                # 0: the whole split, else a label-stratified subset
   c.figure_images = 6
   c.seed = 0
   if variant == "quick":

@@ -272,6 +272,24 @@ def _cv_split(builder, data_config, split: str, image_size: int) -> dict:
           for k, v in pooled.items()}
 
 
+def subset(arrays: dict, n: int, seed: int = 0) -> dict:
+  """``n`` images of a split, stratified by label, in the split's order: each class gives
+  its share (largest remainder) from a seeded shuffle. Splits are often sorted by class, so
+  their first ``n`` images may all be benign. ``n <= 0`` or ``n >= len``: the whole split."""
+  labels = np.asarray(arrays["label"])
+  if n <= 0 or n >= len(labels):
+    return arrays
+  classes, counts = np.unique(labels, return_counts=True)
+  share = counts * n / len(labels)
+  take = np.floor(share).astype(int)
+  take[np.argsort(take - share, kind="stable")[:n - take.sum()]] += 1
+  rng = np.random.default_rng(seed)
+  idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k]
+                                for c, k in zip(classes, take)]))
+  return {k: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx])
+          for k, v in arrays.items()}
+
+
 def padded_batches(n: int, batch_size: int):
   """``(start, index)`` of every batch of ``n`` items; the last one is padded by repeating
   the final item, so every batch has one shape (one compilation)."""

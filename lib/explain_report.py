@@ -70,8 +70,7 @@ def explain_checkpoint(workdir_ckpt: str, config, restored=None):
     arrays = data.load_split(train_config.data, config.split, train_config.image_size)
   else:
     train_config, model, variables, arrays = restored
-  if config.max_images:
-    arrays = {k: v[:config.max_images] for k, v in arrays.items()}
+  arrays = data.subset(arrays, config.max_images, config.seed)
   has_masks = data.DATASETS[train_config.data.name].has_masks
   n, bs = len(arrays["label"]), config.batch_size
   key = jax.random.PRNGKey(config.seed)

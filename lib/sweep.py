@@ -292,8 +292,7 @@ def run_sweep(config, workdir: str) -> list[dict]:
       rows = [r for r in rows if r not in stale]
     train_config, model, variables = experiment.restore_model(ckpt, config.which)
     arrays = data.load_split(train_config.data, config.split, train_config.image_size)
-    if config.max_images:
-      arrays = {k: v[:config.max_images] for k, v in arrays.items()}
+    arrays = data.subset(arrays, config.max_images, config.seed)
     class_names = data.class_names(train_config.data)
     has_masks = data.DATASETS[train_config.data.name].has_masks
     for spec in config.attacks:

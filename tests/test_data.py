@@ -129,6 +129,18 @@ def original_busi(tmp_path):
   _write_png(str(root / "benign" / "benign (1)_mask_1.png"), m2)
   return tmp_path
 
+def test_subset_is_stratified_seeded_and_in_split_order():
+  """``max_images`` of a sweep or explain.py: a split sorted by class must not give one class."""
+  labels = np.array([0] * 70 + [1] * 30)
+  arrays = {"label": labels, "image": np.arange(100), "id": [f"i{k}" for k in range(100)]}
+  a = data.subset(arrays, 32, seed=0)
+  assert len(a["label"]) == 32 and int(a["label"].sum()) in (9, 10)   # 30 % of 32 = 9.6
+  assert np.all(np.diff(a["image"]) > 0) and a["id"] == [f"i{k}" for k in a["image"]]
+  assert np.array_equal(data.subset(arrays, 32, seed=0)["image"], a["image"])
+  assert not np.array_equal(data.subset(arrays, 32, seed=1)["image"], a["image"])
+  assert data.subset(arrays, 0) is arrays and data.subset(arrays, 100) is arrays
+  assert sum(len(data.subset(arrays, n)["label"]) == n for n in range(1, 100)) == 99
+
 
 def test_original_busi_layout_merges_masks_and_splits(original_busi, tmp_path):
   rows = busi.list_examples(str(original_busi))   # the folder containing the release

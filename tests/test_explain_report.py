@@ -26,7 +26,7 @@ def test_explain_writes_tables_figures_and_baselines(trained, tmp_path):
   assert {"gradient", "integrated_gradients", "grad_cam", "uniform map (baseline)",
           "centre point (baseline)"} <= set(methods)
   config = experiment.load_config(trained[4])
-  masks = data.load_split(config.data, "test", config.image_size)["mask"][:16]
+  masks = data.subset(data.load_split(config.data, "test", config.image_size), 16)["mask"]
   np.testing.assert_allclose(methods["uniform map (baseline)"]["lesion_energy"], masks.mean(), rtol=1e-6)
   for m in ("gradient", "grad_cam"):
     r = methods[m]
