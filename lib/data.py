@@ -268,8 +268,13 @@ def _cv_split(builder, data_config, split: str, image_size: int) -> dict:
   idx = cv_split_indices(pooled["group"], pooled["label"], data_config.folds, data_config.fold,
                          data_config.get("fold_seed", 0),
                          data_config.get("val_fraction", 0.1))[split]
+  return take(pooled, idx)
+
+
+def take(arrays: dict, idx) -> dict:
+  """The images ``idx`` of a split's arrays (numpy arrays and lists such as ``id``)."""
   return {k: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx])
-          for k, v in pooled.items()}
+          for k, v in arrays.items()}
 
 
 def subset(arrays: dict, n: int, seed: int = 0) -> dict:
@@ -281,13 +286,25 @@ def subset(arrays: dict, n: int, seed: int = 0) -> dict:
     return arrays
   classes, counts = np.unique(labels, return_counts=True)
   share = counts * n / len(labels)
-  take = np.floor(share).astype(int)
-  take[np.argsort(take - share, kind="stable")[:n - take.sum()]] += 1
+  per_class = np.floor(share).astype(int)
+  per_class[np.argsort(per_class - share, kind="stable")[:n - per_class.sum()]] += 1
   rng = np.random.default_rng(seed)
   idx = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k]
-                                for c, k in zip(classes, take)]))
-  return {k: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx])
-          for k, v in arrays.items()}
+                                for c, k in zip(classes, per_class)]))
+  return take(arrays, idx)
+
+
+def example_indices(labels, k: int) -> np.ndarray:
+  """``k`` images to show in a figure: the first of each class in turn (benign, malignant,
+  benign, ...), so that a figure of a class-sorted split shows both classes."""
+  labels = np.asarray(labels)
+  queues = [list(np.flatnonzero(labels == c)) for c in dict.fromkeys(labels.tolist())]
+  out = []
+  while len(out) < min(k, len(labels)):
+    for q in queues:
+      if q and len(out) < k:
+        out.append(q.pop(0))
+  return np.asarray(out, dtype=int)
 
 
 def padded_batches(n: int, batch_size: int):

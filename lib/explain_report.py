@@ -162,10 +162,9 @@ def run_explain(config, workdir: str) -> list[dict]:
                           "label": int(arrays["label"][i]), **{k: float(v[i]) for k, v in q.items()}})
     np.savez_compressed(os.path.join(workdir, f"maps_{name}.npz"), ids=np.asarray(arrays["id"]),
                         **{m: v.astype(np.float16) for m, v in maps.items()})
-    k = config.figure_images
-    report.plot_explanations({key: v[:k] for key, v in arrays.items()},
-                             {m: v[:k] for m, v in maps.items()}, results[name]["class_names"],
-                             os.path.join(workdir, f"maps_{name}.png"))
+    shown = data.example_indices(arrays["label"], config.figure_images)   # both classes
+    report.plot_explanations(data.take(arrays, shown), {m: v[shown] for m, v in maps.items()},
+                             results[name]["class_names"], os.path.join(workdir, f"maps_{name}.png"))
   if len(results) > 1:
     report.plot_model_comparison(results, os.path.join(workdir, "compare_models.png"),
                                  config.figure_images)

@@ -10,6 +10,8 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from lib import data
+
 
 class MetricWriter:
   """Appends metrics to ``metrics.jsonl`` and TensorBoard event files (process 0 only).
@@ -149,12 +151,13 @@ def plot_adversarial_examples(arrays, examples: dict, class_names, path: str,
   n = min(n, len(ex["x_adv"]))
   fig, axes = plt.subplots(n, 3, figsize=(6.3, 2.2 * n), squeeze=False)
   for i in range(n):
-    clean = arrays["image"][i].astype(np.float32) / 255.0
+    j = ex["index"][i] if "index" in ex else i      # the image's position in ``arrays``
+    clean = arrays["image"][j].astype(np.float32) / 255.0
     adv = ex["x_adv"][i][..., 0]
     delta = adv - clean
     scale = max(np.abs(delta).max(), 1e-8)
     p_clean, p_adv = ex["clean_probs"][i], ex["adv_probs"][i]
-    label = class_names[arrays["label"][i]]
+    label = class_names[arrays["label"][j]]
     axes[i, 0].imshow(clean, cmap="gray", vmin=0, vmax=1)
     axes[i, 0].set_title(f"clean ({label})\n{class_names[p_clean.argmax()]} {p_clean.max():.2f}", fontsize=7)
     axes[i, 1].imshow(delta / scale, cmap="seismic", vmin=-1, vmax=1)
@@ -181,12 +184,13 @@ def plot_map_attack(arrays, examples: dict, class_names, path: str, eps: float,
   n = min(n, len(ex["adv_map"]))
   fig, axes = plt.subplots(n, 2, figsize=(4.4, 2.3 * n + 0.3), squeeze=False)
   for i in range(n):
-    clean = arrays["image"][i].astype(np.float32) / 255.0
+    j = ex["index"][i] if "index" in ex else i      # the image's position in ``arrays``
+    clean = arrays["image"][j].astype(np.float32) / 255.0
     p_clean, p_adv = ex["clean_probs"][i], ex["adv_probs"][i]
-    _overlay(axes[i, 0], clean, arrays["mask"][i], ex["clean_map"][i])
-    axes[i, 0].set_title(f"clean ({class_names[arrays['label'][i]]})\n"
+    _overlay(axes[i, 0], clean, arrays["mask"][j], ex["clean_map"][i])
+    axes[i, 0].set_title(f"clean ({class_names[arrays['label'][j]]})\n"
                          f"pred {class_names[p_clean.argmax()]} {p_clean.max():.2f}", fontsize=7)
-    _overlay(axes[i, 1], ex["x_adv"][i][..., 0], arrays["mask"][i], ex["adv_map"][i])
+    _overlay(axes[i, 1], ex["x_adv"][i][..., 0], arrays["mask"][j], ex["adv_map"][i])
     flipped = p_adv.argmax() != p_clean.argmax()
     axes[i, 1].set_title(f"attacked, eps={eps:g}, Spearman {ex['spearman'][i]:.2f}\n"
                          f"pred {class_names[p_adv.argmax()]} {p_adv.max():.2f}",
@@ -241,10 +245,10 @@ def plot_explanations(arrays, maps: dict, class_names, path: str) -> None:
 
 
 def plot_model_comparison(results: dict, path: str, n_images: int = 4) -> None:
-  """For the first ``n_images`` images: one row per (image, model), one column per method."""
+  """For ``n_images`` images of both classes (:func:`lib.data.example_indices`): one row
+  per (image, model), one column per method."""
   names = list(results)
   arrays = results[names[0]]["arrays"]
-  n = min(n_images, len(arrays["label"]))
   plot_map_grid([(f"{arrays['id'][i]}\n{name}", arrays["image"][i].astype(np.float32) / 255.0,
                   arrays["mask"][i], {m: v[i] for m, v in results[name]["maps"].items()})
-                 for i in range(n) for name in names], path)
+                 for i in data.example_indices(arrays["label"], n_images) for name in names], path)

@@ -267,7 +267,8 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in
       per_image[float(eps)] = images
     if keep_examples:
       keys = ("x_adv", "adv_probs", "clean_probs", "clean_map", "adv_map", "spearman")
-      examples[float(eps)] = {k: cat[k][:keep_examples] for k in keys if k in cat}
+      shown = data.example_indices(arrays["label"], keep_examples)
+      examples[float(eps)] = {"index": shown, **{k: cat[k][shown] for k in keys if k in cat}}
   return rows, examples
 
 

@@ -140,6 +140,10 @@ def test_subset_is_stratified_seeded_and_in_split_order():
   assert not np.array_equal(data.subset(arrays, 32, seed=1)["image"], a["image"])
   assert data.subset(arrays, 0) is arrays and data.subset(arrays, 100) is arrays
   assert sum(len(data.subset(arrays, n)["label"]) == n for n in range(1, 100)) == 99
+  # Figures: both classes in turn, in the split's order, until one runs out.
+  assert data.example_indices(labels, 4).tolist() == [0, 70, 1, 71]
+  assert data.example_indices([1, 1, 0], 3).tolist() == [0, 2, 1]
+  assert len(data.example_indices([0, 0], 5)) == 2
 
 
 def test_original_busi_layout_merges_masks_and_splits(original_busi, tmp_path):
