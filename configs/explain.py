@@ -25,7 +25,7 @@ def get_config(variant: str = ""):
   c.top_fraction = 0.1
   c.batch_size = 16
   c.max_images = 0                # 0: the whole split, else a label-stratified subset
-  c.figure_images = 6
+  c.figure_images = 6             # images per figure (0: no figures)
   c.seed = 0
   if variant == "quick":
     c.methods = ("gradient", "smoothgrad", "grad_cam", "grad_cam_pp")

@@ -162,10 +162,12 @@ def run_explain(config, workdir: str) -> list[dict]:
                           "label": int(arrays["label"][i]), **{k: float(v[i]) for k, v in q.items()}})
     np.savez_compressed(os.path.join(workdir, f"maps_{name}.npz"), ids=np.asarray(arrays["id"]),
                         **{m: v.astype(np.float16) for m, v in maps.items()})
-    shown = data.example_indices(arrays["label"], config.figure_images)   # both classes
-    report.plot_explanations(data.take(arrays, shown), {m: v[shown] for m, v in maps.items()},
-                             results[name]["class_names"], os.path.join(workdir, f"maps_{name}.png"))
-  if len(results) > 1:
+    if config.figure_images:
+      shown = data.example_indices(arrays["label"], config.figure_images)   # both classes
+      report.plot_explanations(data.take(arrays, shown), {m: v[shown] for m, v in maps.items()},
+                               results[name]["class_names"],
+                               os.path.join(workdir, f"maps_{name}.png"))
+  if len(results) > 1 and config.figure_images:
     report.plot_model_comparison(results, os.path.join(workdir, "compare_models.png"),
                                  config.figure_images)
   comparison = compare_models(results)
@@ -184,6 +186,7 @@ def run_explain(config, workdir: str) -> list[dict]:
             "more faithful). The baseline rows are what a map that knows nothing scores.\n\n"
             f"{table}\n## Models compared (mean, bootstrap 95 % CI over images; paired "
             f"differences to the first model)\n\n{comparison_table}\n"
-            + ("![models compared](compare_models.png)\n" if len(results) > 1 else "")
-            + "".join(f"![maps](maps_{n}.png)\n" for n in results))
+            + ("![models compared](compare_models.png)\n"
+               if len(results) > 1 and config.figure_images else "")
+            + "".join(f"![maps](maps_{n}.png)\n" for n in results if config.figure_images))
   return rows

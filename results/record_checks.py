@@ -8,8 +8,9 @@
 wrong attacked) and how many one attack flips that another does not (a stronger attack
 should flip a superset: a per-image form of :func:`lib.sweep.masking_checks`), and the
 clean confidence. ``robust_vs_smooth``: per run, the kept PGD-AT checkpoint's validation
-PGD accuracy (``checkpoints.csv``) against its gradient total variation minus the standard
-model's (``per_run.csv``), with their Spearman rank correlation.
+PGD accuracy and kept step (``checkpoints.csv``) against its gradient total variation minus
+the standard model's (``per_run.csv``), with their Spearman rank correlations; and the mean
+difference per seed.
 """
 import csv
 import os
@@ -45,15 +46,23 @@ def robust_vs_smooth(d: str, metric: str = "mean:gradient:total_variation") -> N
   with open(os.path.join(d, "per_run.csv"), newline="") as f:
     pr = {(r["model"], r["seed"], r["fold"]): float(r["value"])
           for r in csv.DictReader(f) if r["metric"] == metric}
-  xs, ys = [], []
+  diffs = {(seed, fold): pr["pgd", seed, fold] - pr["standard", seed, fold]
+           for (model, seed, fold) in pr if model == "pgd" and ("standard", seed, fold) in pr}
+  for seed in sorted({s for s, _ in diffs}):
+    v = [d for (s, _), d in diffs.items() if s == seed]
+    print(f"seed {seed}: {metric} pgd - standard, mean over {len(v)} folds {np.mean(v):+.4f}, "
+          f"lower in {sum(d < 0 for d in v)}")
+  xs, steps, ys = [], [], []
   for (model, seed, fold), r in sorted(ck.items()):
-    if model == "pgd" and ("standard", seed, fold) in pr:
+    if model == "pgd" and (seed, fold) in diffs:
       xs.append(float(r["val_pgd_accuracy"]))
-      ys.append(pr["pgd", seed, fold] - pr["standard", seed, fold])
-      print(f"seed {seed} fold {fold}: best step {r['best_step']}, val PGD accuracy "
-            f"{xs[-1]:.3f}, {metric} pgd - standard {ys[-1]:+.4f}")
-  rho, p = stats.spearmanr(xs, ys)
-  print(f"Spearman over {len(xs)} runs: {rho:.2f} (p = {p:.2f})")
+      steps.append(int(r["best_step"]))
+      ys.append(diffs[seed, fold])
+      print(f"seed {seed} fold {fold}: best step {r['best_step']} of {r['last_step']}, val PGD "
+            f"accuracy {xs[-1]:.3f}, {metric} pgd - standard {ys[-1]:+.4f}")
+  for name, x in (("val PGD accuracy", xs), ("kept step", steps)):
+    rho, p = stats.spearmanr(x, ys)
+    print(f"Spearman of the {name} with the difference over {len(x)} runs: {rho:.2f} (p = {p:.2f})")
 
 
 if __name__ == "__main__":

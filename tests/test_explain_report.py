@@ -50,6 +50,10 @@ def test_models_are_compared_with_paired_bootstrap_intervals(trained, tmp_path):
   assert twin_rows and all(float(r[f"diff_vs_{os.path.basename(trained[4])}"]) == 0.0 for r in twin_rows)
   maps = np.load(tmp_path / "out" / "maps_twin.npz")
   assert maps["grad_cam"].shape[0] == 8
+  c.figure_images = 0                                   # tables only
+  explain_report.run_explain(c, str(tmp_path / "no_figures"))
+  assert not [n for n in os.listdir(tmp_path / "no_figures") if n.endswith(".png")]
+  assert os.path.getsize(tmp_path / "no_figures" / "summary.md") > 0
 
 
 def test_bootstrap_interval_contains_the_mean():
