@@ -3,6 +3,7 @@
 
   .venv/bin/python results/record_checks.py attack_order results/oncology_robustness_busi_cpu
   .venv/bin/python results/record_checks.py robust_vs_smooth results/robust_saliency_brain_mri_cpu
+  .venv/bin/python results/record_checks.py checkpoint_choice results/robust_saliency_cpu
 
 ``attack_order``: per model, seed and eps, how many images each attack flips (correct clean,
 wrong attacked) and how many one attack flips that another does not (a stronger attack
@@ -13,6 +14,7 @@ the standard model's (``per_run.csv``), with their Spearman rank correlations; a
 difference per seed.
 """
 import csv
+import json
 import os
 import sys
 
@@ -65,5 +67,47 @@ def robust_vs_smooth(d: str, metric: str = "mean:gradient:total_variation") -> N
     print(f"Spearman of the {name} with the difference over {len(x)} runs: {rho:.2f} (p = {p:.2f})")
 
 
+def checkpoint_choice(d: str) -> None:
+  """The PGD-AT runs of seed 1 at the kept (validation-AUC) checkpoint and at the last one:
+  gradient total variation minus the standard model's, clean and PGD-10 accuracy at eps
+  0.004 (outputs of the commands in ``<d>/checkpoint_choice/README.md``)."""
+  out = os.path.join(d, "checkpoint_choice")
+  with open(os.path.join(d, "per_run.csv"), newline="") as f:
+    tv_standard = {int(r["fold"]): float(r["value"]) for r in csv.DictReader(f)
+                   if r["model"] == "standard" and r["seed"] == "1"
+                   and r["metric"] == "mean:gradient:total_variation"}
+  rows = {}
+  for which in ("best", "latest"):
+    with open(os.path.join(out, f"explain_pgd_{which}", "summary.csv"), newline="") as f:
+      for r in csv.DictReader(f):
+        if r["method"] == "gradient":
+          rows.setdefault(r["model"], {})[f"tv_{which}"] = float(r["total_variation"])
+    with open(os.path.join(out, f"sweep_{which}", "results.json")) as f:
+      for c in json.load(f)["cells"]:
+        key = c["model"].replace("pgd-", "")
+        if c["model"].startswith("standard-"):
+          key, tag = key.replace("standard-", ""), "standard"
+        else:
+          tag = which
+        rows.setdefault(key, {})[f"{'clean' if c['eps'] == 0 else 'pgd'}_{tag}"] = c["accuracy"]
+        if c["eps"] == 0:
+          rows[key][f"step_{tag}"] = int(c["checkpoint"].rsplit("@", 1)[1])
+  cols = ("step", "tv - standard", "clean accuracy", "PGD-10 accuracy @ 0.004")
+  print("| run | checkpoint | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols))
+  means = {}
+  for name, r in sorted(rows.items()):
+    fold = int(name.rsplit("fold", 1)[1])
+    for tag in ("standard", "best", "latest"):
+      tv = r[f"tv_{tag}"] - tv_standard[fold] if tag != "standard" else 0.0
+      vals = (r[f"step_{tag}"], tv, r[f"clean_{tag}"], r[f"pgd_{tag}"])
+      means.setdefault(tag, []).append(vals[1:])
+      print(f"| {name} | {tag if tag != 'standard' else 'standard (kept)'} | {vals[0]} | "
+            f"{vals[1]:+.4f} | {vals[2]:.3f} | {vals[3]:.3f} |")
+  for tag, v in means.items():
+    m = np.mean(v, axis=0)
+    print(f"| mean over {len(v)} | {tag} | | {m[0]:+.4f} | {m[1]:.3f} | {m[2]:.3f} |")
+
+
 if __name__ == "__main__":
-  {"attack_order": attack_order, "robust_vs_smooth": robust_vs_smooth}[sys.argv[1]](sys.argv[2])
+  {"attack_order": attack_order, "robust_vs_smooth": robust_vs_smooth,
+   "checkpoint_choice": checkpoint_choice}[sys.argv[1]](sys.argv[2])
