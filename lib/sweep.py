@@ -232,6 +232,7 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in
   the compiled function for the next model of the same architecture (the weights are an
   argument, so the runs of a cross-validation share one compilation per attack)."""
   method = map_method(spec, config) if config.get("map_metrics", True) else ""
+  shown = data.example_indices(arrays["label"], keep_examples)   # both classes in figures
   key = (repr(model), repr(sorted(dict(spec).items())), method, bool(keep_examples), mesh)
   fn = None if cache is None else cache.get(key)
   if fn is None:
@@ -267,7 +268,6 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in
       per_image[float(eps)] = images
     if keep_examples:
       keys = ("x_adv", "adv_probs", "clean_probs", "clean_map", "adv_map", "spearman")
-      shown = data.example_indices(arrays["label"], keep_examples)
       examples[float(eps)] = {"index": shown, **{k: cat[k][shown] for k in keys if k in cat}}
   return rows, examples
 

@@ -129,6 +129,7 @@ def original_busi(tmp_path):
   _write_png(str(root / "benign" / "benign (1)_mask_1.png"), m2)
   return tmp_path
 
+
 def test_subset_is_stratified_seeded_and_in_split_order():
   """``max_images`` of a sweep or explain.py: a split sorted by class must not give one class."""
   labels = np.array([0] * 70 + [1] * 30)
