@@ -47,6 +47,7 @@ from scipy import stats
 
 from lib import data, experiment, explain_report, metrics, models, parallel, report, sweep, trainer
 
+STAGES = ("train", "evaluate", "figures", "summarise")
 CLASSIFICATION = ("auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy")
 _RUN = re.compile(r"\{run:([A-Za-z0-9_\-]+)\}")
 
@@ -182,21 +183,15 @@ def evaluate_run(study, rd: str, *, out_dir: str = "", figures_to: str = "",
     per_image, t0 = {}, time.time()
     _, examples = sweep.run_attack_grid(
         model, variables, arrays, acfg, spec, mesh, sweep.CompileCounter(),
-        in_channels=in_channels, keep_examples=4 if figures_to else 0, has_masks=has_masks,
-        per_image=per_image, cache=_COMPILED)
+        in_channels=in_channels, keep_examples=study.figure_images if figures_to else 0,
+        has_masks=has_masks, per_image=per_image, cache=_COMPILED)
     label = sweep.attack_label(spec)
     logging.info("%s: %s at %d eps in %.1f s", model_name or rd, label, len(per_image),
                  time.time() - t0)
     for eps, fields in per_image.items():
       rec.update({f"{label}@{eps:g}:{k}": v for k, v in fields.items()})
     if figures_to and examples:
-      eps = min(examples, key=lambda e: abs(e - study.figure_eps))
-      path = os.path.join(figures_to, f"examples_{model_name}_{label}.png")
-      if dict(spec)["name"] == sweep.EXPLANATION:
-        report.plot_map_attack(arrays, examples, class_names, path, eps,
-                               title=f"{model_name} / {label}")
-      else:
-        report.plot_adversarial_examples(arrays, examples, class_names, path, eps)
+      _plot_examples(study, spec, arrays, examples, class_names, figures_to, model_name)
   maps = {}
   if study.methods:
     _, _, _, per_method, maps, _ = explain_report.explain_checkpoint(
@@ -206,6 +201,55 @@ def evaluate_run(study, rd: str, *, out_dir: str = "", figures_to: str = "",
   os.makedirs(out_dir or rd, exist_ok=True)
   write_records(rec, os.path.join(out_dir or rd, "per_image.csv"))
   return {"records": rec, "arrays": arrays, "maps": maps, "class_names": class_names}
+
+
+def _plot_examples(study, spec, arrays, examples, class_names, figures_to: str,
+                   model_name: str) -> None:
+  """``examples_<model>_<attack>.png``: the images (or maps) of one attack before and
+  after, at the eps nearest ``study.figure_eps``."""
+  label = sweep.attack_label(spec)
+  eps = min(examples, key=lambda e: abs(e - study.figure_eps))
+  path = os.path.join(figures_to, f"examples_{model_name}_{label}.png")
+  if dict(spec)["name"] == sweep.EXPLANATION:
+    report.plot_map_attack(arrays, examples, class_names, path, eps,
+                           title=f"{model_name} / {label}")
+  else:
+    report.plot_adversarial_examples(arrays, examples, class_names, path, eps)
+
+
+def figure_seed(study) -> int:
+  """The repetition whose first fold the figures show: ``study.figure_seed`` (-1: the last
+  of ``study.seeds``)."""
+  seed = study.get("figure_seed", -1)
+  return study.seeds[-1] if seed == -1 else seed
+
+
+def plot_figures(study, workdir: str, results_dir: str, seed: int) -> None:
+  """The ``figures`` stage: redraws every ``examples_*.png`` and ``maps.png`` from fold 0 of
+  repetition ``seed`` (the first evaluation of a study draws them once, from its first
+  repetition). The attacks run on only the ``figure_images`` test images that
+  :func:`lib.data.example_indices` picks (both classes in turn), and no records are
+  written; ``figures.json`` says which runs the figures show."""
+  mesh, acfg = parallel.make_mesh(study.get("num_devices", 0)), _attack_config(study)
+  for m in study.models:
+    rd = run_dir(study, workdir, m.name, seed, 0)
+    if not os.path.exists(os.path.join(rd, "test_metrics.json")):
+      raise FileNotFoundError(
+          f"Figures of repetition {seed} need its fold-0 run of {m.name!r} in {rd}, which is "
+          "not a finished run: train it first or pick another --config.figure_seed.")
+    config, model, variables = experiment.restore_model(rd, "best")
+    arrays = data.load_split(config.data, "test", config.image_size)
+    arrays = data.take(arrays, data.example_indices(arrays["label"], study.figure_images))
+    class_names = data.class_names(config.data)
+    for spec in study.attacks:
+      _, examples = sweep.run_attack_grid(
+          model, variables, arrays, acfg, spec, mesh, sweep.CompileCounter(),
+          in_channels=config.model.in_channels, keep_examples=len(arrays["label"]),
+          has_masks=data.DATASETS[config.data.name].has_masks, cache=_COMPILED)
+      _plot_examples(study, spec, arrays, examples, class_names, results_dir, m.name)
+  plot_first_fold_maps(study, workdir, results_dir, seed=seed, overwrite=True)
+  with open(os.path.join(results_dir, "figures.json"), "w") as f:
+    json.dump({"seed": seed, "fold": 0}, f)
 
 
 def write_records(rec: dict, path: str) -> None:
@@ -240,12 +284,15 @@ def evaluate_once(study, rd: str, out_dir: str, model_name: str, *,
     json.dump({"seconds": time.time() - t0}, f)
 
 
-def plot_first_fold_maps(study, workdir: str, results_dir: str) -> None:
-  """``maps.png``: the saliency maps of every model on the first images of the first
-  repetition's first fold, side by side (once all those runs exist)."""
+def plot_first_fold_maps(study, workdir: str, results_dir: str, *, seed: int | None = None,
+                         overwrite: bool = False) -> None:
+  """``maps.png``: the saliency maps of every model on ``figure_images`` test images (both
+  classes) of the first fold of repetition ``seed`` (default the first), side by side, once
+  all those runs exist; kept if already drawn unless ``overwrite``."""
   path = os.path.join(results_dir, "maps.png")
-  dirs = {m.name: run_dir(study, workdir, m.name, study.seeds[0], 0) for m in study.models}
-  if not study.methods or os.path.exists(path) or not all(
+  seed = study.seeds[0] if seed is None else seed
+  dirs = {m.name: run_dir(study, workdir, m.name, seed, 0) for m in study.models}
+  if not study.methods or (os.path.exists(path) and not overwrite) or not all(
       os.path.exists(os.path.join(d, "test_metrics.json")) for d in dirs.values()):
     return
   config = _explain_config(study)
@@ -687,6 +734,10 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
       "![metrics](metrics.png)", ""]
   lines += [f"![{c}]({c})" for c in curves] + [""]
   figures = sorted(f for f in os.listdir(results_dir) if f.startswith(("examples_", "maps")))
+  if figures:
+    shown_path = os.path.join(results_dir, "figures.json")
+    shown = json.load(open(shown_path)) if os.path.exists(shown_path) else {"seed": study.seeds[0]}
+    lines += [f"Example figures: test images of fold 0 of repetition (seed) {shown['seed']}.", ""]
   lines += [f"![{f}]({f})" for f in figures] + [""]
   if notes:
     lines += ["## Discussion", "", notes.strip(), ""]
@@ -702,13 +753,17 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
 
 
 def run_study(study, workdir: str) -> dict:
-  """``study.py``'s job: the stages in ``study.stages`` (default all): ``train`` and
-  ``evaluate`` every run not done (or committed) yet, ``summarise`` them all. Returns the
+  """``study.py``'s job: the stages in ``study.stages`` (default all but ``figures``):
+  ``train`` and ``evaluate`` every run not done (or committed) yet, redraw the ``figures``
+  from another repetition (:func:`plot_figures`), ``summarise`` them all. Returns the
   summary (empty without ``summarise``: a pass over one seed does not overwrite the
   study's summary of all of them)."""
   results_dir = study.results_dir
   os.makedirs(results_dir, exist_ok=True)
   stages = tuple(study.get("stages", ("train", "evaluate", "summarise")))
+  if unknown := set(stages) - set(STAGES):
+    raise ValueError(f"Unknown stage(s) {sorted(unknown)} in --config.stages: the stages are "
+                     f"{', '.join(STAGES)}.")
   committed = committed_records(study, results_dir)
   for m, seed, fold in all_runs(study):   # each run evaluated as soon as it is trained
     rd = run_dir(study, workdir, m.name, seed, fold)
@@ -723,4 +778,6 @@ def run_study(study, workdir: str) -> dict:
                     figures_to=results_dir if first else "")
   if "evaluate" in stages:
     plot_first_fold_maps(study, workdir, results_dir)
+  if "figures" in stages:
+    plot_figures(study, workdir, results_dir, figure_seed(study))
   return summarise(study, workdir, results_dir) if "summarise" in stages else {}

@@ -1,6 +1,7 @@
 """study.py: cross-validated studies, their statistics and their reports."""
 
 import csv
+import json
 import os
 import shutil
 
@@ -155,6 +156,28 @@ def test_a_study_runs_end_to_end_and_resumes(study_run):
   assert {p: os.path.getmtime(p) for p in stamps} == stamps
   assert again["models"] == out["models"]
   assert "Hand-written discussion." in (res / "README.md").read_text()
+
+
+def test_figures_are_redrawn_from_a_chosen_repetition_without_touching_records(study_run):
+  s, tmp, _ = study_run
+  runs = tmp / "runs"
+  records = {p: p.read_bytes() for p in runs.glob("*/*/per_image.csv")}
+  redraw = s.copy_and_resolve_references()
+  redraw.stages, redraw.figure_seed = ("figures", "summarise"), 0
+  redraw.results_dir = str(tmp / "redrawn")
+  study.run_study(redraw, str(runs))
+  redrawn = {p.name for p in (tmp / "redrawn").glob("*.png")}
+  drawn_first = {p.name for p in (tmp / "results").glob("examples_*.png")} | {"maps.png"}
+  assert drawn_first <= redrawn
+  assert {p: p.read_bytes() for p in runs.glob("*/*/per_image.csv")} == records
+  assert json.loads((tmp / "redrawn" / "figures.json").read_text()) == {"seed": 0, "fold": 0}
+  assert "fold 0 of repetition (seed) 0" in (tmp / "redrawn" / "README.md").read_text()
+  redraw.figure_seed = 1                                            # never trained
+  with pytest.raises(FileNotFoundError, match="repetition 1 .*figure_seed"):
+    study.run_study(redraw, str(runs))
+  redraw.stages = ("summarize",)
+  with pytest.raises(ValueError, match="Unknown stage.*summarise"):
+    study.run_study(redraw, str(runs))
 
 
 def test_partial_study_is_summarised_with_what_is_missing(study_run):

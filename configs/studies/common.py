@@ -60,6 +60,7 @@ def base(name: str, variant: str, title: str, claim_text: str) -> ml_collections
   c.curves = ("adv_correct",)      # per-image fields plotted against eps (<field>_vs_eps.png)
   c.figure_eps = 0.004
   c.figure_images = 4
+  c.figure_seed = -1               # stage 'figures' redraws them from this repetition (-1: last)
   return c
 
 
