@@ -93,7 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval_every_epochs = 1
   c.checkpoint_keep = 2
-  c.best_metric = "val_auc"      # any val_* metric
+  c.best_metric = "val_auc"      # any val_* metric; "" keeps the last checkpoint
   c.best_mode = "max"
   c.log_every_steps = 10
   c.async_checkpointing = True

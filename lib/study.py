@@ -677,7 +677,7 @@ def checkpoint_selection(study, workdir: str, results_dir: str) -> list[dict]:
     with open(os.path.join(rd, "test_metrics.json")) as f:
       best = int(json.load(f)["best_step"])
     with open(os.path.join(rd, "config.json")) as f:
-      best_metric = json.load(f).get("best_metric", "")
+      best_metric = json.load(f).get("best_metric", "") or "last"   # '' keeps the last one
     log = report.read_jsonl(os.path.join(rd, "metrics.jsonl"))
     val = {}   # the last validation entry of the best step (a resumed run may repeat it)
     for r in log:

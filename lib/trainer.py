@@ -238,7 +238,7 @@ def final_test(config, workdir, ckpt, eval_fn, par, state, class_names) -> dict:
   test_metrics = {"best_step": int(best), **test_metrics}
   if jax.process_index() != 0:
     return test_metrics
-  logging.info("test (best step %d by %s): %s", best, config.best_metric, _fmt(test_metrics))
+  logging.info("test (step %d, %s): %s", best, kept_by(config), _fmt(test_metrics))
   with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
     json.dump(test_metrics, f, indent=2)
   report.MetricWriter(workdir).write(best, {f"test_{k}": v for k, v in test_metrics.items()})
@@ -262,8 +262,13 @@ def write_report(config, workdir, test_metrics) -> None:
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(f"# {config.data.name}: {config.model.name}"
             f"{' + segmentation head' if config.model.seg_head else ''}, {config.image_size} px\n\n"
-            f"Test split, best checkpoint by `{config.best_metric}`:\n\n{table}\n"
+            f"Test split, {kept_by(config)}:\n\n{table}\n"
             "![training curves](training_curves.png)\n\n![test predictions](test_predictions.png)\n")
+
+
+def kept_by(config) -> str:
+  """Which checkpoint a run keeps: the best by ``config.best_metric``, or the last one."""
+  return f"best checkpoint by `{config.best_metric}`" if config.best_metric else "last checkpoint"
 
 
 def _fmt(m: dict) -> str:

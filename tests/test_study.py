@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from configs.studies import busi_gradcam, common, oncology_robustness, robust_gradcam, robust_saliency
+from configs.studies import (busi_gradcam, common, oncology_robustness, robust_gradcam,
+                             robust_saliency, robust_saliency_last)
 from lib import report, study
 
 
@@ -76,7 +77,8 @@ def test_every_study_config_builds_every_model_config(variant, tmp_path):
              robust_gradcam.get_config(variant),
              oncology_robustness.get_config(f"busi_{variant}"),
              oncology_robustness.get_config(f"brain_mri_{variant}"),
-             robust_saliency.get_config(f"brain_mri_{variant}")]
+             robust_saliency.get_config(f"brain_mri_{variant}"),
+             robust_saliency_last.get_config(variant)]
   for s in configs:
     for m, seed, fold in study.all_runs(s):
       c = study.train_config_for(s, m, seed, fold, str(tmp_path))
@@ -87,6 +89,11 @@ def test_every_study_config_builds_every_model_config(variant, tmp_path):
         assert c.model.name == "resnet50" and c.model.dtype == "bfloat16"
     for metric in s.metrics:
       study.metric_fn(metric)
+    assert {c.metric for c in s.claims} <= set(s.metrics), s.name
+  last = configs[6]   # the pre-specified follow-up: fresh seeds, PGD-AT keeps its last step
+  assert last.seeds == (2, 3) and [m.name for m in last.models] == ["standard", "pgd"]
+  assert [study.train_config_for(last, m, 2, 0, str(tmp_path)).best_metric
+          for m in last.models] == ["val_auc", ""]
   ft = study.train_config_for(configs[1], configs[1].models[2], 1, 3, str(tmp_path))
   assert ft.init_from == os.path.join(str(tmp_path), "pgd", "seed1_fold3")
   shared = study.train_config_for(configs[2], configs[2].models[2], 0, 0, str(tmp_path))

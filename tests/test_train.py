@@ -77,6 +77,17 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
   _assert_same_tree(before, _params(workdir))
 
 
+def test_the_kept_checkpoint_is_the_best_by_best_metric_or_else_the_last(tmp_path):
+  for best_metric, kept in (("val_auc", 2), ("", 3)):   # '' (configs): keep the last one
+    ckpt = checkpoint.Checkpointer(str(tmp_path / (best_metric or "last")), keep=1,
+                                   best_metric=best_metric, async_save=False)
+    for step, auc in ((1, 0.5), (2, 0.9), (3, 0.7)):
+      ckpt.save(step, {"w": np.zeros(2)}, {"epoch": step}, {}, {"val_auc": auc})
+    ckpt.wait()
+    assert ckpt.best_step() == kept and ckpt.latest_step() == 3
+    ckpt.close()
+
+
 def test_checkpoint_of_another_architecture_is_named(tmp_path):
   workdir = str(tmp_path)
   trainer.train_and_evaluate(_config(), workdir, stop_after_step=4)
