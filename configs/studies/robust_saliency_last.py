@@ -19,7 +19,7 @@ last checkpoint). The claims below were written before the runs and are judged a
 written; the other metrics are reported but not claims.
 """
 
-from configs.studies import common, robust_saliency
+from configs.studies import robust_saliency
 from configs.studies.common import attack, claim
 
 PGD = attack("pgd", steps=10, step_size_factor=0.25)
