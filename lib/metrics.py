@@ -30,6 +30,23 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
   return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def sensitivity_at_specificity(scores: np.ndarray, positives: np.ndarray,
+                               specificity: float) -> float:
+  """The ROC curve's sensitivity where specificity first reaches ``specificity``: an image
+  is called positive when its score exceeds the cut, and the cut is the lowest one (a
+  negative's score, ties called negative) that keeps that share of negatives below it.
+  Unlike sensitivity at the argmax, it does not depend on where a model's scores sit, so
+  two models are compared at the same specificity."""
+  scores = np.asarray(scores, np.float64)
+  positives = np.asarray(positives, bool)
+  if positives.all() or not positives.any():
+    return float("nan")
+  neg = np.sort(scores[~positives])
+  cuts = np.concatenate([[-np.inf], np.unique(neg)])
+  reached = np.searchsorted(neg, cuts, side="right") / len(neg) >= specificity - 1e-12
+  return float((scores[positives] > cuts[np.argmax(reached)]).mean())
+
+
 def dice_score(pred_mask: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Per-image Dice of binary masks (1 where both are empty)."""
   pred_mask, mask = pred_mask.astype(bool), mask.astype(bool)

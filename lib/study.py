@@ -48,6 +48,7 @@ from scipy import stats
 from lib import data, experiment, explain_report, metrics, models, parallel, report, sweep, trainer
 
 STAGES = ("train", "evaluate", "figures", "summarise")
+SENS_AT_SPEC = "sensitivity_at_specificity"
 CLASSIFICATION = ("auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy")
 _RUN = re.compile(r"\{run:([A-Za-z0-9_\-]+)\}")
 
@@ -309,8 +310,13 @@ def plot_first_fold_maps(study, workdir: str, results_dir: str, *, seed: int | N
 
 
 def metric_fn(name: str) -> Callable[[dict, np.ndarray], float]:
-  """``records, index -> value`` of a metric name: one of :data:`CLASSIFICATION`, or
+  """``records, index -> value`` of a metric name: one of :data:`CLASSIFICATION`,
+  ``sensitivity_at_specificity:<s>`` (:func:`lib.metrics.sensitivity_at_specificity`), or
   ``mean:<column>`` / ``median:<column>`` of a per-image column."""
+  if name.startswith(f"{SENS_AT_SPEC}:"):
+    level = float(name.partition(":")[2])
+    return lambda rec, idx: metrics.sensitivity_at_specificity(
+        rec["prob"][idx], rec["label"][idx] == 1, level)
   if name in CLASSIFICATION:
     def classify(rec, idx):
       p = rec["prob"][idx]
@@ -319,8 +325,8 @@ def metric_fn(name: str) -> Callable[[dict, np.ndarray], float]:
     return classify
   how, _, column = name.partition(":")
   if how not in ("mean", "median") or not column:
-    raise ValueError(f"Unknown metric {name!r}: use {CLASSIFICATION}, 'mean:<column>' or "
-                     "'median:<column>'.")
+    raise ValueError(f"Unknown metric {name!r}: use {CLASSIFICATION}, "
+                     f"'{SENS_AT_SPEC}:<level>', 'mean:<column>' or 'median:<column>'.")
   reduce = np.nanmean if how == "mean" else np.nanmedian
   return lambda rec, idx: float(reduce(rec[column][idx]))
 
@@ -509,7 +515,9 @@ def committed_records(study, results_dir: str) -> dict:
 
 
 def _has_column(rec: dict, metric: str) -> bool:
-  return metric in CLASSIFICATION or metric.partition(":")[2] in rec
+  """Whether the records hold what ``metric`` is computed from."""
+  return (metric in CLASSIFICATION or metric.startswith(f"{SENS_AT_SPEC}:")
+          or metric.partition(":")[2] in rec)
 
 
 def judge(claim, comparison_rows, model_rows=()) -> dict:

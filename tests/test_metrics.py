@@ -4,6 +4,22 @@ import pytest
 from lib import metrics
 
 
+def test_sensitivity_at_specificity_is_a_point_of_the_roc_curve():
+  scores, pos = [0.9, 0.8, 0.6, 0.3, 0.7, 0.5, 0.2, 0.1], [1, 1, 1, 1, 0, 0, 0, 0]
+  # negatives 0.1 0.2 0.5 0.7: specificity 0.75 needs a cut at 0.5 (0.6, 0.8, 0.9 above it)
+  assert metrics.sensitivity_at_specificity(scores, pos, 0.75) == 0.75
+  assert metrics.sensitivity_at_specificity(scores, pos, 0.8) == 0.5    # cut at 0.7
+  assert metrics.sensitivity_at_specificity(scores, pos, 0.0) == 1.0
+  # the same ranking at another scale (calibration) gives the same value; the argmax does not
+  shifted = np.asarray(scores) * 0.2
+  assert metrics.sensitivity_at_specificity(shifted, pos, 0.75) == 0.75
+  assert metrics.classification_metrics(np.stack([1 - shifted, shifted], -1),
+                                        np.asarray(pos))["sensitivity"] == 0.0
+  # a positive tied with the cut is called negative
+  assert metrics.sensitivity_at_specificity([0.5, 0.5, 0.1], [1, 0, 0], 1.0) == 0.0
+  assert np.isnan(metrics.sensitivity_at_specificity([0.1, 0.2], [1, 1], 0.9))
+
+
 def test_roc_auc_hand_case_with_ties():
   # Positives 0.8, 0.4; negatives 0.4, 0.1: pairs (0.8>0.4, 0.8>0.1, 0.4=0.4 -> 1/2, 0.4>0.1) = 3.5/4.
   assert metrics.roc_auc([0.8, 0.4, 0.4, 0.1], [1, 1, 0, 0]) == pytest.approx(0.875)

@@ -53,6 +53,9 @@ def test_metric_names_and_claims():
   assert study.metric_fn("auc")(rec, idx) == pytest.approx(0.75)
   assert study.metric_fn("sensitivity")(rec, idx) == pytest.approx(0.5)
   assert study.metric_fn("median:s")(rec, idx) == pytest.approx(2.5)
+  # negatives 0.1, 0.6: specificity 1 needs a cut at 0.6, above which is one positive of two
+  assert study.metric_fn("sensitivity_at_specificity:1.0")(rec, idx) == pytest.approx(0.5)
+  assert study.metric_fn("sensitivity_at_specificity:0.5")(rec, idx) == pytest.approx(1.0)
   with pytest.raises(ValueError, match="Unknown metric"):
     study.metric_fn("max:s")
   rows = [{"metric": "auc", "a": "m", "b": "p", "diff": 0.05, "ci_low": 0.01, "ci_high": 0.09,
