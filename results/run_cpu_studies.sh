@@ -55,6 +55,10 @@ for seeds in "(0,)" "(0, 1)"; do
   done
 done
 
+# Study 1's top-k / centre-of-mass / targeted attacks at every eps, on its seed-1 runs
+# (configs/studies/busi_gradcam_map_attacks.py; about 40 min, no training).
+run_study busi_gradcam_map_attacks.py:cpu study_busi_gradcam_map_attacks_cpu "(1,)"
+
 # Study 3's pre-specified follow-up (PGD-AT keeping its last checkpoint, fresh seeds 2 and 3;
 # configs/studies/robust_saliency_last.py), once every study above is complete. About 1.5 h
 # per seed (standard and PGD-AT, 5 folds).

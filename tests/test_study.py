@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from configs.studies import (busi_gradcam, common, oncology_robustness, robust_gradcam,
-                             robust_saliency, robust_saliency_last)
+from configs.studies import (busi_gradcam, busi_gradcam_map_attacks, common, oncology_robustness,
+                             robust_gradcam, robust_saliency, robust_saliency_last)
 from lib import report, study
 
 
@@ -81,7 +81,8 @@ def test_every_study_config_builds_every_model_config(variant, tmp_path):
              oncology_robustness.get_config(f"busi_{variant}"),
              oncology_robustness.get_config(f"brain_mri_{variant}"),
              robust_saliency.get_config(f"brain_mri_{variant}"),
-             robust_saliency_last.get_config(variant)]
+             robust_saliency_last.get_config(variant),
+             busi_gradcam_map_attacks.get_config(variant)]
   for s in configs:
     for m, seed, fold in study.all_runs(s):
       c = study.train_config_for(s, m, seed, fold, str(tmp_path))
