@@ -744,7 +744,10 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
   figures = sorted(f for f in os.listdir(results_dir) if f.startswith(("examples_", "maps")))
   if figures:
     shown_path = os.path.join(results_dir, "figures.json")
-    shown = json.load(open(shown_path)) if os.path.exists(shown_path) else {"seed": study.seeds[0]}
+    shown = {"seed": study.seeds[0]}
+    if os.path.exists(shown_path):
+      with open(shown_path) as f:
+        shown = json.load(f)
     lines += [f"Example figures: test images of fold 0 of repetition (seed) {shown['seed']}.", ""]
   lines += [f"![{f}]({f})" for f in figures] + [""]
   if notes:

@@ -4,6 +4,7 @@
   .venv/bin/python results/record_checks.py attack_order results/oncology_robustness_busi_cpu
   .venv/bin/python results/record_checks.py robust_vs_smooth results/robust_saliency_brain_mri_cpu
   .venv/bin/python results/record_checks.py checkpoint_choice results/robust_saliency_cpu
+  .venv/bin/python results/record_checks.py same_records results/busi_gradcam_map_attacks_cpu results/busi_gradcam_cpu
 
 ``attack_order``: per model, seed and eps, how many images each attack flips (correct clean,
 wrong attacked) and how many one attack flips that another does not (a stronger attack
@@ -11,7 +12,9 @@ should flip a superset: a per-image form of :func:`lib.sweep.masking_checks`), a
 clean confidence. ``robust_vs_smooth``: per run, the kept PGD-AT checkpoint's validation
 PGD accuracy and kept step (``checkpoints.csv``) against its gradient total variation minus
 the standard model's (``per_run.csv``), with their Spearman rank correlations; and the mean
-difference per seed.
+difference per seed. ``same_records``: for every per-image file the two results dirs share
+(same model and seed), the largest difference in every column they share, and the mean of
+each clean-map column (``*_clean``).
 """
 import csv
 import json
@@ -108,6 +111,19 @@ def checkpoint_choice(d: str) -> None:
     print(f"| mean over {len(v)} | {tag} | | {m[0]:+.4f} | {m[1]:.3f} | {m[2]:.3f} |")
 
 
+def same_records(d: str, other: str) -> None:
+  for path in sorted(p for p in os.listdir(d) if p.startswith("per_image_")):
+    if not os.path.exists(os.path.join(other, path)):
+      continue
+    a, b = (study.read_records(os.path.join(x, path)) for x in (d, other))
+    assert a["id"] == b["id"], f"{path}: the two files hold other images"
+    shared = sorted(k for k in a if k in b and k not in ("id", "group"))
+    worst = max(float(np.nanmax(np.abs(a[k] - b[k]))) for k in shared)
+    clean = {k: round(float(np.nanmean(a[k])), 4) for k in a if k.endswith("_clean")}
+    print(f"{path}: {len(a['id'])} images, {len(shared)} shared columns, largest difference "
+          f"{worst:g}; clean means {dict(list(clean.items())[:1])}")
+
+
 if __name__ == "__main__":
   {"attack_order": attack_order, "robust_vs_smooth": robust_vs_smooth,
-   "checkpoint_choice": checkpoint_choice}[sys.argv[1]](sys.argv[2])
+   "checkpoint_choice": checkpoint_choice, "same_records": same_records}[sys.argv[1]](*sys.argv[2:])
