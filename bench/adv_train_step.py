@@ -31,9 +31,11 @@ from lib import experiment, parallel, train_step  # noqa: E402
 
 def compile_train_steps(arch: str, size: int, batch_size: int, variants: dict, *,
                         seg_head: bool = False, in_channels: int = 1, mean=None, std=None,
-                        variables=None, im2col_max_pixels: int = 64):
+                        variables=None, im2col_max_pixels: int = 64,
+                        dtype: str = "float32"):
   """``(steps, state, batch)``: ``{name: compiled step}`` for ``{name: (adv.method, k)}``,
-  all from the same initial state (random, or ``variables``) and one random batch."""
+  all from the same initial state (random, or ``variables``) and one random batch;
+  ``dtype`` is the model's compute dtype (``model.dtype``)."""
   rng = np.random.default_rng(0)
   b, s = batch_size, size
   batch = {"image": rng.uniform(size=(b, s, s, in_channels)).astype(np.float32),
@@ -44,7 +46,7 @@ def compile_train_steps(arch: str, size: int, batch_size: int, variants: dict, *
   for name, (method, k) in variants.items():
     c = common.base_config()
     c.model.name, c.image_size, c.batch_size = arch, s, b
-    c.model.seg_head, c.model.in_channels = seg_head, in_channels
+    c.model.seg_head, c.model.in_channels, c.model.dtype = seg_head, in_channels, dtype
     if mean is not None:
       c.model.mean, c.model.std = tuple(mean), tuple(std)
     c.data.name = "busi" if seg_head else "synthetic_lesions"

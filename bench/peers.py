@@ -76,19 +76,21 @@ class Pair:
 class Setup:
   """The same weights and images in both frameworks."""
 
-  def __init__(self, arch: str, size: int, batch: int, seed: int = 0, im2col_max_pixels: int = 64):
+  def __init__(self, arch: str, size: int, batch: int, seed: int = 0, im2col_max_pixels: int = 64,
+               device: str = "cpu"):
     torch.manual_seed(seed)
+    self.device = torch.device(device)
     net = getattr(torchvision.models, arch)(num_classes=2)
     with torch.no_grad():
       for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
           m.running_mean.uniform_(-0.1, 0.1)
           m.running_var.uniform_(0.5, 1.5)
-    self.net = net.eval()
-    self.torch_model = torch.nn.Sequential(_Normalize(), net).eval()
+    sd = {k: v.numpy() for k, v in net.state_dict().items()}
+    self.net = net.to(self.device).eval()
+    self.torch_model = torch.nn.Sequential(_Normalize(), self.net).eval()
     self.model = models.ARCHITECTURES[arch](in_channels=3, num_classes=2, mean=MEAN, std=STD,
                                             im2col_max_pixels=im2col_max_pixels)
-    sd = {k: v.numpy() for k, v in net.state_dict().items()}
     self.variables, _ = torch_weights.from_torchvision(
         sd, models.init_variables(self.model, 0, size))
     self.variables = jax.device_put(self.variables)
@@ -97,21 +99,26 @@ class Setup:
     # smooth random images (low-frequency noise), so maps and gradients are not white noise
     low = rng.uniform(0, 1, (batch, size // 8, size // 8, 3)).astype(np.float32)
     self.x = np.asarray(jax.image.resize(low, (batch, size, size, 3), "bilinear")).clip(0, 1)
-    self.xt = torch.from_numpy(self.x).permute(0, 3, 1, 2).contiguous()
+    self.xt = self.to_torch(self.x)
     with torch.no_grad():
       self.yt = self.torch_model(self.xt).argmax(1)
-    self.y = self.yt.numpy().astype(np.int32)
+    self.y = self.yt.cpu().numpy().astype(np.int32)
+
+  def to_torch(self, nhwc) -> torch.Tensor:
+    """NHWC numpy -> NCHW tensor on the peer's device."""
+    return torch.from_numpy(np.ascontiguousarray(nhwc)).permute(0, 3, 1, 2).contiguous().to(
+        self.device)
 
 
 class _Normalize(torch.nn.Module):
   def forward(self, x):
-    mean = torch.tensor(MEAN, dtype=x.dtype)[:, None, None]
-    std = torch.tensor(STD, dtype=x.dtype)[:, None, None]
+    mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device)[:, None, None]
+    std = torch.tensor(STD, dtype=x.dtype, device=x.device)[:, None, None]
     return (x - mean) / std
 
 
 def _nhwc(t) -> np.ndarray:
-  t = t.detach() if hasattr(t, "detach") else torch.as_tensor(t)
+  t = t.detach().cpu() if hasattr(t, "detach") else torch.as_tensor(t)
   return t.permute(0, 2, 3, 1).numpy() if t.ndim == 4 else t.numpy()
 
 
@@ -153,11 +160,10 @@ def attack_pairs(s: Setup, eps: float, steps: int):
     def run():
       a, b = np.asarray(ours(x, y)), _nhwc(peer(s.xt, s.yt))
       share = _close_share(a, b, tol=1e-4)
-      ce = lambda z: float(F.cross_entropy(s.torch_model(
-          torch.from_numpy(np.ascontiguousarray(z)).permute(0, 3, 1, 2)), s.yt))
+      ce = lambda z: float(F.cross_entropy(s.torch_model(s.to_torch(z)), s.yt))
       loss_a, loss_b = ce(a), ce(b)
       logits = np.abs(np.asarray(s.fns.logits_fn(x)) -
-                      s.torch_model(s.xt).detach().numpy()).max()
+                      s.torch_model(s.xt).detach().cpu().numpy()).max()
       ok = share >= 0.9 and abs(loss_a - loss_b) <= 0.02 * abs(loss_b) and logits < 1e-3
       return ok, (f"logits max diff {logits:.1e}; {share:.2%} of pixels equal (1e-4); "
                   f"loss reached {loss_a:.4f} vs {loss_b:.4f}")
@@ -319,10 +325,10 @@ def train_pairs(s: Setup, arch: str, size: int, batch: int, adv_steps: int):
       im2col_max_pixels=s.model.im2col_max_pixels)
   net = getattr(torchvision.models, arch)(num_classes=2)
   net.load_state_dict(s.net.state_dict())
-  tmodel = torch.nn.Sequential(_Normalize(), net).train()
+  tmodel = torch.nn.Sequential(_Normalize(), net).to(s.device).train()
   opt = torch.optim.AdamW(tmodel.parameters(), lr=1e-3, weight_decay=1e-4)
-  xt = torch.from_numpy(np_batch["image"]).permute(0, 3, 1, 2).contiguous()
-  yt = torch.from_numpy(np_batch["label"]).long()
+  xt = s.to_torch(np_batch["image"])
+  yt = torch.from_numpy(np_batch["label"]).long().to(s.device)
 
   def torch_step():
     opt.zero_grad(set_to_none=True)
@@ -336,7 +342,8 @@ def train_pairs(s: Setup, arch: str, size: int, batch: int, adv_steps: int):
     net_copy = getattr(torchvision.models, arch)(num_classes=2)
     net_copy.load_state_dict(s.net.state_dict())
     with torch.no_grad():
-      peer = float(F.cross_entropy(torch.nn.Sequential(_Normalize(), net_copy).train()(xt), yt))
+      peer = float(F.cross_entropy(
+          torch.nn.Sequential(_Normalize(), net_copy).to(s.device).train()(xt), yt))
     return abs(ours - peer) < 1e-4, f"first-step loss {ours:.6f} vs {peer:.6f} (train-mode BN)"
 
   run = lambda name: _block(lambda: steps[name](state, put))
@@ -387,17 +394,29 @@ def eps_sweep_pair(s: Setup, eps_values, steps: int):
 
 # ----------------------------------------------------------------------------- timing
 
+def _synced(fn):
+  """``fn`` that returns only when the GPU has finished its work (CUDA runs async)."""
+  if not torch.cuda.is_available():
+    return fn
+  def run():
+    out = fn()
+    torch.cuda.synchronize()
+    return out
+  return run
+
+
 def time_pair(pair: Pair, repeats: int, warmup: int) -> dict:
+  peer_fn = _synced(pair.peer)
   for _ in range(warmup):
     pair.ours()
-    pair.peer()
+    peer_fn()
   ours, peer = [], []
   for _ in range(repeats):       # alternate, so load drifts hit both
     t0 = time.perf_counter()
     pair.ours()
     ours.append(time.perf_counter() - t0)
     t0 = time.perf_counter()
-    pair.peer()
+    peer_fn()
     peer.append(time.perf_counter() - t0)
   return {"ours_s": statistics.median(ours), "peer_s": statistics.median(peer),
           "ratio": statistics.median(peer) / statistics.median(ours)}
@@ -431,9 +450,13 @@ def main():
   p.add_argument("--im2col_max_pixels", type=int, default=64,
                  help="0: XLA's convolution everywhere (before the small-map fix)")
   p.add_argument("--record", action="store_true", help="append to bench/results.json, RESULTS.md")
+  p.add_argument("--device", default="cpu", help="the peers' torch device: cpu or cuda (ours: "
+                 "JAX's default device)")
+  p.add_argument("--out", default="", help="JSON file of the rows, rewritten after every pair")
   args = p.parse_args()
   torch.set_num_threads(args.threads)
-  s = Setup(args.arch, args.size, args.batch, im2col_max_pixels=args.im2col_max_pixels)
+  s = Setup(args.arch, args.size, args.batch, im2col_max_pixels=args.im2col_max_pixels,
+            device=args.device)
   only = set(filter(None, args.only.split(",")))
   builders = {
       ("pgd", "fgsm"): lambda: attack_pairs(s, args.eps, args.steps),
@@ -445,15 +468,19 @@ def main():
       ("eps_sweep",): lambda: [eps_sweep_pair(s, (0.0, 0.001, 0.002, 0.004, 0.008, 0.016, 0.031),
                                               args.steps)],
   }
-  header = (f"{args.arch} at {args.size} px, batch {args.batch}, float32, {platform.machine()} "
-            f"CPU ({os.cpu_count()} cores, torch threads {args.threads}), im2col up to "
+  where = (f"{platform.machine()} CPU ({os.cpu_count()} cores, torch threads {args.threads})"
+           if args.device == "cpu" else
+           f"{torch.cuda.get_device_name()} (torch {args.device}, JAX {jax.devices()[0]})")
+  header = (f"{args.arch} at {args.size} px, batch {args.batch}, float32, {where}, im2col up to "
             f"{args.im2col_max_pixels} px maps, "
             f"{args.repeats} alternating rounds after {args.warmup} warm-up, "
             f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load average at start "
             f"{os.getloadavg()[0]:.2f}")
   print(header, "\n", json.dumps(versions()), flush=True)
   rows = []
-  for names, build in builders.items():
+  order = [n for n in args.only.split(",") if n]   # --only's order is the running order
+  rank = lambda names: min((order.index(n) for n in names if n in order), default=len(order))
+  for names, build in sorted(builders.items(), key=lambda kv: rank(kv[0])):
     if only and not only & set(names):
       continue
     for pair in build():
@@ -468,6 +495,9 @@ def main():
       rows.append(row)
       print(f"{pair.name:22s} ours {t['ours_s']:8.3f} s  peer {t['peer_s']:8.3f} s  "
             f"ratio {t['ratio']:5.2f}  check {'ok' if ok else 'FAILED'}: {detail}", flush=True)
+      if args.out:
+        with open(args.out, "w") as f:
+          json.dump({"header": header, "versions": versions(), "rows": rows}, f, indent=2)
   table = markdown(rows)
   print("\n" + table)
   if args.record:

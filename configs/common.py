@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name="synthetic_lesions",  # synthetic_lesions | busi | brain_mri
-      manual_dir="",             # '' -> ../shared/data/<name>
+      manual_dir="",             # '' -> $MEDROBUST_DATA_ROOT/<name> or ../shared/data/<name>
       data_dir="",               # '' -> $TFDS_DATA_DIR or ~/tensorflow_datasets
       label_set="binary",        # busi: binary (benign vs malignant) | three_class
       resize="pad",              # pad (keep aspect) | stretch

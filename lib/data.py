@@ -30,7 +30,11 @@ from PIL import Image
 from lib.datasets import brain_mri, busi, manual, synthetic_lesions
 from lib.datasets.manual import DataError
 
-SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+# Where the real data sets live by default: ``$MEDROBUST_DATA_ROOT/<name>``, else
+# ``../shared/data/<name>`` beside the checkout (``--config.data.manual_dir`` overrides both).
+SHARED_DATA = os.path.abspath(os.path.expanduser(
+    os.environ.get("MEDROBUST_DATA_ROOT")
+    or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -395,7 +399,8 @@ def train_iterator(arrays: dict, config, *, process_index: int = 0, process_coun
   ds = ds[process_index::process_count].map(element)
   ds = ds.random_map(augmented, seed=config.seed + 1)
   ds = ds.batch(local, drop_remainder=True, batch_fn=collate)
-  read = grain.ReadOptions(num_threads=config.data.get("num_threads", 2), prefetch_buffer_size=4)
+  threads = config.data.get("num_threads", 2)
+  read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(4, threads))
   return iter(ds.to_iter_dataset(read_options=read))
 
 

@@ -1,0 +1,187 @@
+"""Builds the folder that travels to a GPU machine: ``.carry/gpu`` (ignored by git).
+
+  .venv/bin/python bench/gpu/pack.py                       # wheels + BUSI at 224 px
+  .venv/bin/python bench/gpu/pack.py --datasets busi,brain_mri
+
+The lent GPU machine (an H200 with Python 3.12, jax, flax, optax, orbax, torch, numpy,
+scipy, matplotlib, pillow ...) has no registry and no internet, and only the checkout
+travels, at most 64 MiB together with the ignored folders a call carries. This script
+puts there what the machine lacks:
+
+* ``wheels/``: Python 3.12 manylinux wheels of every package the project and the peer
+  benchmark import that the machine's image does not hold (:data:`WHEELS`, versions from
+  requirements.lock and bench/requirements-peers.txt); pure-Python packages published
+  only as source (grad-cam, promise) are built into wheels here.
+* ``data/<name>/``: each real data set from ``../shared/data/<name>`` (or
+  ``$MEDROBUST_DATA_ROOT``) in the layout its builder reads (``manifest.csv``,
+  ``images/``, ``masks/``), every image downscaled so that its longer side is ``--size``
+  (bilinear; masks nearest) when it is longer. The pipeline pads to a square and
+  resizes with the same filters, so at ``image_size = --size`` the arrays it makes are
+  those of the full-size copy up to rounding at the pad border; an image already small
+  enough is copied byte for byte. The data sets' licences travel with them (their
+  README.md); nothing here is committed.
+
+Then ``bash bench/gpu/run.sh`` on the machine (bench/gpu/README.md) installs the wheels
+into a temporary site, points ``MEDROBUST_DATA_ROOT`` at ``data/`` and runs the steps.
+The script ends by printing what would travel (tracked + untracked files + the pack)
+against the 64 MiB limit and fails when it is over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PACK = os.path.join(ROOT, ".carry", "gpu")
+LIMIT_MIB = 64.0
+
+# What the H200 image lacks (the device tool's KINDS.md, read 2026-11-17), with the
+# versions we pin; everything else the project imports is there. tests/test_gpu_pack.py
+# checks that this list and GPU_HAS together cover every requirement of the project.
+WHEELS = {
+    # the project (requirements.lock)
+    "ml_collections": "1.1.0", "tensorflow-datasets": "4.9.10", "array_record": "0.8.6",
+    "grain": "0.2.18", "tensorboardX": "2.6.5", "dm-tree": "0.1.10",
+    "immutabledict": "4.3.1", "promise": "2.3", "simple-parsing": "0.1.9",
+    "docstring_parser": "0.18.0", "tensorflow-metadata": "1.21.0",
+    "googleapis-common-protos": "1.76.0", "termcolor": "3.3.0", "toml": "0.10.2",
+    "portpicker": "1.6.0",
+    # the peer benchmark (bench/requirements-peers.txt)
+    "torchattacks": "3.5.1", "captum": "0.9.0", "grad-cam": "1.5.7", "ttach": "0.0.3",
+}
+SOURCE_ONLY = ("promise", "grad-cam")   # pure Python, published as sdists: built here
+
+# Distributions the H200 image holds (KINDS.md), lower-case with '-' for '_'.
+GPU_HAS = frozenset("""
+absl-py aiofiles attrs certifi charset-normalizer cloudpickle contourpy cycler einops etils
+flax fonttools fsspec humanize hypothesis idna iniconfig jax jaxlib kiwisolver
+markdown-it-py matplotlib mdurl ml-dtypes msgpack numpy opt-einsum optax orbax-checkpoint
+packaging pillow pluggy prometheus-client protobuf psutil pyarrow pygments pyparsing pytest
+python-dateutil pyyaml requests rich scipy simplejson six sortedcontainers tensorstore
+tqdm treescope typing-extensions tzdata urllib3 uvloop wrapt zipp torch torchvision
+safetensors opencv-python-headless scikit-learn importlib-resources
+""".split())
+
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
+             "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64", "any")
+
+
+def _pip(*args) -> None:
+  subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+
+
+def pack_wheels(dest: str) -> list[str]:
+  """Downloads (or builds) one wheel per entry of :data:`WHEELS` into ``dest``."""
+  os.makedirs(dest, exist_ok=True)
+  for old in glob.glob(os.path.join(dest, "*.whl")):
+    os.remove(old)
+  binary = [f"{n}=={v}" for n, v in WHEELS.items() if n not in SOURCE_ONLY]
+  plat = [a for p in PLATFORMS for a in ("--platform", p)]
+  _pip("download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+       "--implementation", "cp", *plat, "-d", dest, *binary)
+  _pip("wheel", "-q", "--no-deps", "-w", dest, *[f"{n}=={WHEELS[n]}" for n in SOURCE_ONLY])
+  wheels = sorted(os.path.basename(p) for p in glob.glob(os.path.join(dest, "*.whl")))
+  if len(wheels) != len(WHEELS):
+    raise SystemExit(f"expected {len(WHEELS)} wheels in {dest}, found {len(wheels)}: {wheels}")
+  return wheels
+
+
+def _resized(src: str, dst: str, size: int, resample) -> tuple[int, int]:
+  from PIL import Image
+  with Image.open(src) as im:
+    w, h = im.size
+    if max(w, h) <= size:
+      shutil.copyfile(src, dst)
+      return h, w
+    s = size / max(w, h)
+    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+    im.resize((nw, nh), resample).save(dst, optimize=True)
+    return nh, nw
+
+
+def pack_dataset(name: str, src_root: str, dest: str, size: int) -> dict:
+  """``src_root/<name>`` with every image's longer side at most ``size`` -> ``dest``."""
+  from PIL import Image
+  src = os.path.join(src_root, name)
+  manifest = os.path.join(src, "manifest.csv")
+  if not os.path.exists(manifest):
+    raise SystemExit(f"{manifest} not found: point --data_root (or MEDROBUST_DATA_ROOT) at "
+                     "the folder that holds the data sets.")
+  shutil.rmtree(dest, ignore_errors=True)
+  with open(manifest, newline="") as f:
+    reader = csv.DictReader(f)
+    fields, rows = reader.fieldnames, list(reader)
+  for r in rows:
+    for col, resample in (("image", Image.BILINEAR), ("mask", Image.NEAREST)):
+      if not r.get(col):
+        continue
+      out = os.path.join(dest, r[col])
+      os.makedirs(os.path.dirname(out), exist_ok=True)
+      h, w = _resized(os.path.join(src, r[col]), out, size, resample)
+      if col == "image" and "height" in r:
+        r["height"], r["width"] = str(h), str(w)
+  with open(os.path.join(dest, "manifest.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fields)
+    w.writeheader()
+    w.writerows(rows)
+  for extra in ("README.md", "LICENSE", "LICENSE.txt"):
+    if os.path.exists(os.path.join(src, extra)):
+      shutil.copyfile(os.path.join(src, extra), os.path.join(dest, extra))
+  with open(os.path.join(dest, "PACKED.md"), "w") as f:
+    f.write(f"Derived from {src} by bench/gpu/pack.py: longer side at most {size} px "
+            "(bilinear images, nearest masks); ids, labels, groups and splits unchanged.\n")
+  return {"images": len(rows), "mib": _mib(dest)}
+
+
+def _mib(path: str) -> float:
+  if os.path.isfile(path):
+    return os.path.getsize(path) / 2**20
+  return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path)
+             for f in fs) / 2**20
+
+
+def travelling_mib() -> float:
+  """What a device call sends without carry: tracked and untracked-not-ignored files."""
+  out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                       cwd=ROOT, check=True, capture_output=True).stdout
+  paths = [os.path.join(ROOT, p) for p in out.decode().split("\0") if p]
+  return sum(os.path.getsize(p) for p in paths if os.path.isfile(p)) / 2**20
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--datasets", default="busi", help="comma-separated: busi, brain_mri")
+  p.add_argument("--size", type=int, default=224, help="longest image side in the pack")
+  p.add_argument("--data_root", default=os.environ.get("MEDROBUST_DATA_ROOT") or
+                 os.path.join(os.path.dirname(ROOT), "shared", "data"))
+  p.add_argument("--out", default=PACK)
+  p.add_argument("--no_wheels", action="store_true", help="keep the wheels already packed")
+  args = p.parse_args(argv)
+  info = {"size": args.size, "datasets": {}}
+  if not args.no_wheels:
+    info["wheels"] = pack_wheels(os.path.join(args.out, "wheels"))
+  for name in filter(None, args.datasets.split(",")):
+    info["datasets"][name] = pack_dataset(name, args.data_root,
+                                          os.path.join(args.out, "data", name), args.size)
+    print(f"{name}: {info['datasets'][name]['images']} images, "
+          f"{info['datasets'][name]['mib']:.1f} MiB", flush=True)
+  with open(os.path.join(args.out, "pack.json"), "w") as f:
+    json.dump(info, f, indent=2)
+  tree, pack = travelling_mib(), _mib(args.out)
+  print(f"pack {pack:.1f} MiB + checkout {tree:.1f} MiB = {tree + pack:.1f} MiB of "
+        f"{LIMIT_MIB:.0f} MiB that a device call may carry")
+  if tree + pack > LIMIT_MIB:
+    print("too large: pack fewer data sets (--datasets) or a smaller --size", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
