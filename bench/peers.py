@@ -453,8 +453,17 @@ def main():
   p.add_argument("--device", default="cpu", help="the peers' torch device: cpu or cuda (ours: "
                  "JAX's default device)")
   p.add_argument("--out", default="", help="JSON file of the rows, rewritten after every pair")
+  p.add_argument("--tf32", action="store_true",
+                 help="on GPUs let both frameworks use TF32 for float32 convolutions and "
+                      "matrix products (default: true float32 on both sides, as the checks "
+                      "assume)")
   args = p.parse_args()
   torch.set_num_threads(args.threads)
+  if args.device != "cpu":
+    # torch runs cuDNN convolutions in TF32 by default and JAX's default precision allows
+    # it too; the first H200 run compared them so and its logits differed by 4e-2
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    jax.config.update("jax_default_matmul_precision", "default" if args.tf32 else "highest")
   s = Setup(args.arch, args.size, args.batch, im2col_max_pixels=args.im2col_max_pixels,
             device=args.device)
   only = set(filter(None, args.only.split(",")))
@@ -471,7 +480,8 @@ def main():
   where = (f"{platform.machine()} CPU ({os.cpu_count()} cores, torch threads {args.threads})"
            if args.device == "cpu" else
            f"{torch.cuda.get_device_name()} (torch {args.device}, JAX {jax.devices()[0]})")
-  header = (f"{args.arch} at {args.size} px, batch {args.batch}, float32, {where}, im2col up to "
+  precision = "float32" + (" (TF32 allowed)" if args.tf32 and args.device != "cpu" else "")
+  header = (f"{args.arch} at {args.size} px, batch {args.batch}, {precision}, {where}, im2col up to "
             f"{args.im2col_max_pixels} px maps, "
             f"{args.repeats} alternating rounds after {args.warmup} warm-up, "
             f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, load average at start "

@@ -53,7 +53,11 @@ class OverfittingMonitor:
   early training from raising false alarms: a network that predicts one class for every
   image is "robust" (its PGD accuracy equals its clean accuracy, the class share), and
   small medical data sets swing between such states in the first epochs (seen on BUSI,
-  where the check stopped PGD training at epoch 4 before these rules).
+  where the check stopped PGD training at epoch 4 before these rules). Nor does it judge
+  (or remember) an epoch while eps still ramps up (``adv.ramp_epochs``): the model then
+  trains at a smaller eps than the check attacks with, and a near-constant classifier's
+  "best" PGD accuracy from those epochs stopped two ResNet-50 runs at 224 px at epochs 4
+  and 8 of a 10-epoch ramp (results/oncology_robustness_busi_full/notes.md).
   """
 
   def __init__(self, adv):
@@ -61,11 +65,15 @@ class OverfittingMonitor:
 
   def update(self, clean: float, robust: float, epoch: int, classes: int = 2) -> bool:
     """True when training should stop."""
+    adv = self.adv
+    if epoch <= adv.get("ramp_epochs", 0):
+      logging.info("Overfitting check skipped at epoch %d: eps still ramps up "
+                   "(adv.ramp_epochs=%d).", epoch, adv.ramp_epochs)
+      return False
     if classes < 2:
       logging.info("Overfitting check skipped at epoch %d: one class predicted for every "
                    "held-out image.", epoch)
       return False
-    adv = self.adv
     collapsed = robust < self.best - adv.overfit_drop and robust < adv.overfit_ratio * clean
     self.best = max(self.best, robust)
     if collapsed:

@@ -198,6 +198,17 @@ def test_overfitting_monitor(caplog):
   assert not warn_only.update(0.9, 0.0, 2)
 
 
+def test_overfitting_monitor_waits_for_the_eps_ramp():
+  # the ResNet-50 BUSI run that stopped at epoch 4 of a 10-epoch ramp: a near-constant
+  # classifier's 0.61 PGD accuracy, then 0.05 with clean 0.32
+  c = _config("iterative", overfit_drop=0.3, overfit_stop=True, ramp_epochs=10)
+  m = trainer.OverfittingMonitor(c.adv)
+  assert not m.update(0.61, 0.61, 2) and not m.update(0.32, 0.045, 4)
+  assert m.best == -1.0                       # ramp epochs are not remembered either
+  assert not m.update(0.8, 0.6, 11)
+  assert m.update(0.8, 0.1, 12)               # after the ramp a collapse still stops
+
+
 @pytest.mark.parametrize("variant", ["pgd,cpu", "iterative", "fgsm_rs,cpu", "trades", "finetune,cpu",
                                      "first_layers,cpu", "transplant,cpu", "pgd,brain_mri,cpu",
                                      "first_layers,brain_mri"])

@@ -14,12 +14,13 @@ puts there what the machine lacks:
   only as source (grad-cam, promise) are built into wheels here.
 * ``data/<name>/``: each real data set from ``../shared/data/<name>`` (or
   ``$MEDROBUST_DATA_ROOT``) in the layout its builder reads (``manifest.csv``,
-  ``images/``, ``masks/``), every image downscaled so that its longer side is ``--size``
-  (bilinear; masks nearest) when it is longer. The pipeline pads to a square and
-  resizes with the same filters, so at ``image_size = --size`` the arrays it makes are
-  those of the full-size copy up to rounding at the pad border; an image already small
-  enough is copied byte for byte. The data sets' licences travel with them (their
-  README.md); nothing here is committed.
+  ``images/``, ``masks/``), every image already padded and resized to ``--size`` by the
+  pipeline's own ``resize_example``. At ``image_size = --size`` (and the default
+  ``data.resize="pad"``) the pipeline's arrays are therefore bit for bit those of the
+  full-size copy (tests/test_gpu_pack.py); at another size they are resampled twice.
+  (Downscaling each image to a longer side of ``--size`` instead, as a first version did,
+  moved pixels by 2.6 grey levels on average: more than the eps = 0.004 budget.) The data
+  sets' READMEs (licence, citation) travel with them; nothing here is committed.
 
 Then ``bash bench/gpu/run.sh`` on the machine (bench/gpu/README.md) installs the wheels
 into a temporary site, points ``MEDROBUST_DATA_ROOT`` at ``data/`` and runs the steps.
@@ -38,13 +39,16 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PACK = os.path.join(ROOT, ".carry", "gpu")
 LIMIT_MIB = 64.0
 
-# What the H200 image lacks (the device tool's KINDS.md, read 2026-11-17), with the
-# versions we pin; everything else the project imports is there. tests/test_gpu_pack.py
-# checks that this list and GPU_HAS together cover every requirement of the project.
+# What the H200 image lacks, with the versions we pin; everything else the project imports
+# is there. tests/test_gpu_pack.py checks that this list and GPU_HAS together cover every
+# requirement of the project (the first GPU run lacked importlib_resources, which
+# tensorflow-datasets imports when it builds a data set).
 WHEELS = {
     # the project (requirements.lock)
     "ml_collections": "1.1.0", "tensorflow-datasets": "4.9.10", "array_record": "0.8.6",
@@ -52,21 +56,39 @@ WHEELS = {
     "immutabledict": "4.3.1", "promise": "2.3", "simple-parsing": "0.1.9",
     "docstring_parser": "0.18.0", "tensorflow-metadata": "1.21.0",
     "googleapis-common-protos": "1.76.0", "termcolor": "3.3.0", "toml": "0.10.2",
-    "portpicker": "1.6.0",
+    "portpicker": "1.6.0", "importlib_resources": "7.1.0",
     # the peer benchmark (bench/requirements-peers.txt)
     "torchattacks": "3.5.1", "captum": "0.9.0", "grad-cam": "1.5.7", "ttach": "0.0.3",
 }
 SOURCE_ONLY = ("promise", "grad-cam")   # pure Python, published as sdists: built here
 
-# Distributions the H200 image holds (KINDS.md), lower-case with '-' for '_'.
+# Distributions the H200 image holds: the package list of the device tool's KINDS.md (read
+# there on 2026-11-17), names lower-case with '-' for '_'.
 GPU_HAS = frozenset("""
-absl-py aiofiles attrs certifi charset-normalizer cloudpickle contourpy cycler einops etils
-flax fonttools fsspec humanize hypothesis idna iniconfig jax jaxlib kiwisolver
-markdown-it-py matplotlib mdurl ml-dtypes msgpack numpy opt-einsum optax orbax-checkpoint
-packaging pillow pluggy prometheus-client protobuf psutil pyarrow pygments pyparsing pytest
-python-dateutil pyyaml requests rich scipy simplejson six sortedcontainers tensorstore
-tqdm treescope typing-extensions tzdata urllib3 uvloop wrapt zipp torch torchvision
-safetensors opencv-python-headless scikit-learn importlib-resources
+absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs
+botorch build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy
+coverage cuda-bindings cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython
+diffrax e3nn einops equinox etils execnet filelock flatbuffers flax fonttools formulaic
+frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx huggingface-hub humanize
+hypothesis idna imageio iniconfig interface-meta jax jax-cuda13-pjrt jax-cuda13-plugin
+jaxlib jaxtyping jinja2 joblib kiwisolver lazy-loader lightning lightning-utilities
+linear-operator lineax llvmlite lxml markdown markdown-it-py markupsafe matplotlib mdurl
+meson ml-dtypes mpi4py mpmath msgpack multidict multipledispatch mypy-extensions nanobind
+narwhals networkx ninja numba numba-cuda numpy numpyro nvidia-cublas nvidia-cuda-cupti
+nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile
+nvidia-curand nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13 nvidia-ml-py
+nvidia-nccl-cu13 nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir onnxruntime
+onnxscript opencv-python-headless opt-einsum opt-einsum-fx optax optimistix orbax-checkpoint
+packaging pandas pathspec patsy peft pillow pip pluggy portalocker prometheus-client
+propcache protobuf psutil py-cpuinfo pyarrow pybind11 pygments pyparsing pyproject-hooks
+pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock pytest-timeout pytest-xdist
+python-dateutil pytorch-lightning pyyaml regex requests rich sacrebleu safetensors
+scikit-build-core scikit-image scikit-learn scipy seaborn sentence-transformers
+sentencepiece setuptools shellingham simplejson six sortedcontainers statsmodels sympy
+tabulate tensorboard tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken
+timm tokenizers toolz torch torch-geometric torchaudio torchdiffeq torchmetrics torchvision
+tqdm transformers treescope triton typer typing-extensions typing-inspect urllib3 uvloop
+wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
 """.split())
 
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
@@ -93,22 +115,13 @@ def pack_wheels(dest: str) -> list[str]:
   return wheels
 
 
-def _resized(src: str, dst: str, size: int, resample) -> tuple[int, int]:
-  from PIL import Image
-  with Image.open(src) as im:
-    w, h = im.size
-    if max(w, h) <= size:
-      shutil.copyfile(src, dst)
-      return h, w
-    s = size / max(w, h)
-    nw, nh = max(1, round(w * s)), max(1, round(h * s))
-    im.resize((nw, nh), resample).save(dst, optimize=True)
-    return nh, nw
-
-
 def pack_dataset(name: str, src_root: str, dest: str, size: int) -> dict:
-  """``src_root/<name>`` with every image's longer side at most ``size`` -> ``dest``."""
+  """``src_root/<name>`` as the pipeline sees it at ``image_size = size``: every image and
+  mask padded to a square and resized to ``size`` x ``size`` by the pipeline's own
+  :func:`lib.data.resize_example` (``resize="pad"``), saved as PNG to ``dest``."""
   from PIL import Image
+  from lib.data import resize_example
+  from lib.datasets import manual
   src = os.path.join(src_root, name)
   manifest = os.path.join(src, "manifest.csv")
   if not os.path.exists(manifest):
@@ -119,14 +132,17 @@ def pack_dataset(name: str, src_root: str, dest: str, size: int) -> dict:
     reader = csv.DictReader(f)
     fields, rows = reader.fieldnames, list(reader)
   for r in rows:
-    for col, resample in (("image", Image.BILINEAR), ("mask", Image.NEAREST)):
-      if not r.get(col):
-        continue
-      out = os.path.join(dest, r[col])
-      os.makedirs(os.path.dirname(out), exist_ok=True)
-      h, w = _resized(os.path.join(src, r[col]), out, size, resample)
-      if col == "image" and "height" in r:
-        r["height"], r["width"] = str(h), str(w)
+    image = manual.load_gray(os.path.join(src, r["image"]))
+    mask = (manual.load_mask([os.path.join(src, r["mask"])], image.shape) if r.get("mask")
+            else np.zeros_like(image))
+    image, mask = resize_example(image, mask, size, "pad")
+    for col, array in (("image", image), ("mask", mask * 255)):
+      if r.get(col):
+        out = os.path.join(dest, r[col])
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        Image.fromarray(array).save(out, optimize=True)
+    if "height" in r:
+      r["height"] = r["width"] = str(size)
   with open(os.path.join(dest, "manifest.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fields)
     w.writeheader()
@@ -135,8 +151,9 @@ def pack_dataset(name: str, src_root: str, dest: str, size: int) -> dict:
     if os.path.exists(os.path.join(src, extra)):
       shutil.copyfile(os.path.join(src, extra), os.path.join(dest, extra))
   with open(os.path.join(dest, "PACKED.md"), "w") as f:
-    f.write(f"Derived from {src} by bench/gpu/pack.py: longer side at most {size} px "
-            "(bilinear images, nearest masks); ids, labels, groups and splits unchanged.\n")
+    f.write(f"Derived from {src} by bench/gpu/pack.py: every image and mask padded to a "
+            f"square and resized to {size} px as lib/data.py does; ids, labels, groups and "
+            "splits unchanged.\n")
   return {"images": len(rows), "mib": _mib(dest)}
 
 
@@ -156,6 +173,7 @@ def travelling_mib() -> float:
 
 
 def main(argv=None) -> int:
+  sys.path.insert(0, ROOT)
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--datasets", default="busi", help="comma-separated: busi, brain_mri")
   p.add_argument("--size", type=int, default=224, help="longest image side in the pack")

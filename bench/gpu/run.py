@@ -76,7 +76,7 @@ def plan(args) -> list[Step]:
           "--dtype", "bfloat16", "--repeats", "5"]
     peers = ["--arch", "resnet50", "--size", "224", "--batch", "64", "--repeats", "5",
              "--samples", "16", "--ig_steps", "32",
-             "--only", "pgd,cam_attack,train_step,grad_cam,smoothgrad"]
+             "--only", args.peer_pairs or "pgd,cam_attack,train_step,grad_cam,smoothgrad"]
     studies = {"oncology": "configs/studies/oncology_robustness.py:busi_full",
                "gradcam": "configs/studies/busi_gradcam.py:full"}
     study_extra = lambda name: []
@@ -85,6 +85,7 @@ def plan(args) -> list[Step]:
   steps = [
       Step("env", [PY, "bench/gpu/env.py", "--out", f"{out}/env.json"], 30),
       Step("throughput", [PY, "bench/gpu/throughput.py", *tp, "--budget", str(args.throughput_s),
+                          *(["--only", args.rows] if args.rows else []),
                           "--out", f"{out}/throughput.json"], args.throughput_s + 45),
       # torch and JAX share the GPU in one process: JAX takes half instead of 75 %
       Step("peers", [PY, "bench/peers.py", "--device", args.peer_device, *peers,
@@ -175,6 +176,10 @@ def main(argv=None) -> int:
   p.add_argument("--reserve", type=float, default=50.0, help="seconds kept for summarise + pack")
   p.add_argument("--throughput_s", type=float, default=110.0)
   p.add_argument("--peers_s", type=float, default=75.0)
+  p.add_argument("--rows", default="", help="throughput rows to measure (default: all, in "
+                 "order, until --throughput_s), e.g. grad_cam,smoothgrad-16,ig-32,apgd-20")
+  p.add_argument("--peer_pairs", default="", help="peers.py --only (default: pgd,cam_attack,"
+                 "train_step,grad_cam,smoothgrad)")
   p.add_argument("--batch", type=int, default=256, help="throughput batch")
   p.add_argument("--seeds", default="(0,)", help="the studies' repetitions this run")
   p.add_argument("--peer_device", default="cuda")
