@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 WORKDIR ?= runs/demo
 
-.PHONY: demo test test-slow lock clean-venv
+.PHONY: demo test test-slow gpu-pack lock clean-venv
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests
+
+# The folder a lent GPU machine gets (README, "On a lent GPU"): wheels + data in .carry/gpu
+gpu-pack: $(STAMP)
+	$(BIN)/python bench/gpu/pack.py
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable > requirements.lock

@@ -131,20 +131,40 @@ def trained_pair(tmp_path_factory):
   return runs
 
 
-def _robust_accuracy(workdir, eps=0.01):
-  """PGD-10 accuracy on the 64 held-out images (val + test) of the synthetic set."""
+ROBUST_EPS = (0.01, 0.02, 0.03)   # the training eps and two larger budgets
+
+
+def _accuracies(workdir, eps=ROBUST_EPS):
+  """Clean accuracy, then PGD-10 accuracy at each eps, on the 64 held-out images (val +
+  test) of the synthetic set."""
   config, model, variables = experiment.restore_model(workdir)
   splits = [data.load_split(config.data, s, config.image_size) for s in ("val", "test")]
   x = data.to_model_input(np.concatenate([s["image"] for s in splits]), 1)
   y = np.concatenate([s["label"] for s in splits])
   logits_fn = models.model_fns(model, variables).logits_fn
-  x_adv = attacks.pgd(logits_fn, x, y, eps=eps, step_size=eps / 4, steps=10)
-  return float((jnp.argmax(logits_fn(x_adv), -1) == y).mean())
+  out = [float((jnp.argmax(logits_fn(x), -1) == y).mean())]
+  for e in eps:
+    x_adv = attacks.pgd(logits_fn, x, y, eps=e, step_size=e / 4, steps=10)
+    out.append(float((jnp.argmax(logits_fn(x_adv), -1) == y).mean()))
+  return out
 
 
 def test_pgd_training_raises_accuracy_under_attack(trained_pair):
-  standard, robust = _robust_accuracy(trained_pair["none"]), _robust_accuracy(trained_pair["pgd"])
-  assert robust > standard + 0.1, (standard, robust)   # measured: 0.03 -> 0.19
+  """PGD-trained vs standard, mean PGD-10 accuracy over eps 0.01-0.03.
+
+  One eps alone did not hold across machines: at eps 0.01 the standard model kept 0.03 on
+  one CPU and 0.27-0.44 on another (seeds 0-4, issue 28), while the PGD-trained one kept
+  0.39-0.55. Averaged over three budgets the advantage was 0.07-0.21 over seeds 0-4 and
+  the floating-point variants of tests/property_variants.sh (their margins: its output);
+  the threshold 0.03 is below the smallest. The fixture first shows it has what the
+  property needs: a standard model that learned (clean accuracy) and that PGD breaks."""
+  standard, robust = _accuracies(trained_pair["none"]), _accuracies(trained_pair["pgd"])
+  assert standard[0] >= 0.7, f"fixture did not train: standard clean accuracy {standard[0]}"
+  assert standard[-1] <= 0.2, f"fixture: PGD at eps 0.03 leaves the standard model {standard[-1]}"
+  gain = float(np.mean(robust[1:]) - np.mean(standard[1:]))
+  print(f"MARGIN pgd_training_gain {gain:.3f} (threshold 0.03; standard {standard}, "
+        f"PGD-trained {robust})")
+  assert gain > 0.03, (standard, robust)
   log = [json.loads(l) for l in open(os.path.join(trained_pair["pgd"], "metrics.jsonl"))]
   assert any("val_pgd_accuracy" in r for r in log)
 

@@ -50,25 +50,23 @@ def test_keep_mode_never_changes_the_label_and_stays_in_the_ball(setup):
   assert (pred(free) != pred(x)).any()
 
 
-def test_grad_cam_attack_beats_noise_and_a_class_attack(setup):
+def test_grad_cam_attack_beats_noise(setup):
   _, _, fns, x = setup
   m0 = _maps(fns, x)
   attacked = _maps(fns, _attack(fns, x, mode="keep"))
   noise = _maps(fns, attacks.uniform_noise(None, x, None, eps=EPS, key=jax.random.PRNGKey(3)))
   d = lambda m: 1.0 - metrics.pearson(m0, m)
-  assert d(attacked).mean() > d(noise).mean() + 0.1
+  margin = float(d(attacked).mean() - d(noise).mean())
+  print(f"MARGIN grad_cam_attack_over_noise {margin:.3f} (threshold 0.1)")
+  assert margin > 0.1, (d(attacked).mean(), d(noise).mean())
   # Per image, the returned map is at least as far as the clean one (it is a candidate).
   assert (d(attacked) >= -1e-6).all()
-  # Against a class attack of the same budget, both maps explaining the clean prediction
-  # (PGD flips most labels, and the map of another class differs for that reason alone),
-  # at an eps where PGD leaves that class some evidence (at 0.03 its CAM is all zero).
-  # Measured on the 16-epoch model: median Spearman 0.44 (map attack) vs 0.84 (PGD).
-  eps, y = 0.02, jnp.argmax(fns.logits_fn(x), -1)
-  of_y = lambda z: np.asarray(saliency.explain("grad_cam", fns, z, y))
-  s_attack = np.median(metrics.spearman(m0, of_y(_attack(fns, x, eps=eps, mode="keep"))))
-  x_pgd = attacks.pgd(fns.logits_fn, x, y, eps=eps, step_size=eps / 4, steps=STEPS, unroll=1)
-  s_pgd = np.median(metrics.spearman(m0, of_y(x_pgd)))
-  assert s_attack < s_pgd - 0.2, (s_attack, s_pgd)
+  # No comparison with PGD here: whether a class attack of the same budget moves the
+  # clean class's Grad-CAM more or less than the map attack is a property of the model,
+  # not of the code. Over seeds 0-2 of this fixture on one CPU, the map attack's median
+  # Spearman minus PGD's at eps 0.02 ranged from -0.6 to +0.37 (pre-ReLU maps), and on
+  # another CPU the ReLU-ed CAM of the clean class was all zero after PGD, where rank
+  # correlation is undefined (issue 28). The studies measure map changes on real models.
 
 
 def test_softplus_surrogate_finds_stronger_attacks_on_gradient_saliency(setup):
