@@ -134,8 +134,21 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+CHECKPOINT_CHOICES = ("best", "latest")
+
+
+def check_which(which: str) -> str:
+  """``which`` if it names a checkpoint choice; else an error listing them (a typo such as
+  ``Best`` used to load the latest checkpoint without a word)."""
+  if which not in CHECKPOINT_CHOICES:
+    raise ValueError(f"which={which!r}: choose one of {', '.join(CHECKPOINT_CHOICES)} "
+                     "(the checkpoint with the best validation metric, or the last one).")
+  return which
+
+
 def _open_checkpoint(workdir: str, which: str, config):
   """The run's checkpointer and the step ``which`` (``best`` or ``latest``) names."""
+  check_which(which)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), best_metric=config.best_metric,
                                  best_mode=config.best_mode, async_save=False)
   return ckpt, ckpt.best_step() if which == "best" else ckpt.latest_step()
@@ -161,6 +174,7 @@ def run_names(workdirs) -> list[str]:
 def checkpoint_id(workdir: str, which: str = "best") -> str:
   """``<absolute run dir>@<step>`` of the checkpoint :func:`restore_model` would load: what
   a cached result was computed from."""
+  check_which(which)
   ckpt, step = _open_checkpoint(workdir, which, load_config(workdir))
   ckpt.close()
   return f"{os.path.abspath(workdir)}@{step}"
@@ -173,6 +187,7 @@ def restore_model(workdir: str, which: str = "best", config=None, **overrides):
   ``overrides`` change model fields that keep the parameter tree, e.g.
   ``activation="softplus"`` or ``cam_layer="penultimate"``.
   """
+  check_which(which)
   config = config or load_config(workdir)
   model = build_model(config, **overrides)
   ckpt, step = _open_checkpoint(workdir, which, config)

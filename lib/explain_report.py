@@ -146,6 +146,7 @@ def compare_models(results: dict, metrics_to_compare=("lesion_energy", "total_va
 
 
 def run_explain(config, workdir: str) -> list[dict]:
+  experiment.check_which(config.which)      # before anything is written
   os.makedirs(workdir, exist_ok=True)
   checkpoints = [c for c in str(config.checkpoints).split(",") if c]
   if not checkpoints:

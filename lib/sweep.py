@@ -274,6 +274,7 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in
 
 def run_sweep(config, workdir: str) -> list[dict]:
   """The grid of ``config.checkpoints`` x ``config.attacks`` x ``config.eps``."""
+  experiment.check_which(config.which)      # before anything is written
   os.makedirs(workdir, exist_ok=True)
   checkpoints = [c for c in str(config.checkpoints).split(",") if c]
   if not checkpoints:

@@ -113,3 +113,20 @@ def test_sigkill_and_restart_of_train_py(full_run, tmp_path):
   assert os.path.exists(first)
   subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
   _assert_same_tree(_params(full_run[0]), _params(workdir))
+
+
+def test_a_checkpoint_choice_typo_is_an_error_not_the_latest(tmp_path):
+  # `--config.which=Best` used to evaluate the latest checkpoint without a word (issue 27)
+  for fn in (experiment.restore_model, experiment.checkpoint_id):
+    with pytest.raises(ValueError, match=r"which='Best': choose one of best, latest"):
+      fn(str(tmp_path), "Best")
+  assert experiment.check_which("latest") == "latest"
+  # attack.py and explain.py stop before they write anything
+  from configs import attack_sweep, explain
+  from lib import explain_report, sweep
+  for job, config in ((sweep.run_sweep, attack_sweep.get_config()),
+                      (explain_report.run_explain, explain.get_config())):
+    config.which, config.checkpoints = "Best", str(tmp_path)
+    with pytest.raises(ValueError, match="choose one of best, latest"):
+      job(config, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
