@@ -150,6 +150,14 @@ def test_dry_run_of_the_gpu_command(tmp_path):
   assert all("error" not in r and r["images_per_s"] > 0 and r["flops"] > 0
              for r in throughput["rows"])
   assert json.load(open(out / "env.json"))["jax_backend"] == "cpu"
+  # --recount recomputes the FLOPs of a recorded run from its arguments: the same counts
+  proc = subprocess.run([sys.executable, "bench/gpu/throughput.py", "--recount",
+                         str(out / "throughput.json")], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  recounted = json.load(open(out / "throughput.recounted.json"))
+  for a, b in zip(throughput["rows"], recounted["rows"]):
+    assert b["flops"] == pytest.approx(a["flops"], rel=1e-6) and b["median_s"] == a["median_s"]
   import tarfile
   with tarfile.open(out / "results.tar.gz") as tar:
     files = tar.getnames()

@@ -132,6 +132,16 @@ class Bench:
     yield "apgd-20", "apgd", 20, lambda: (jax.jit(lambda x, y: attacks.apgd(
         fns.logits_fn, x, y, eps=eps, steps=20)), (x, y))
 
+  def flops(self, name, kind, passes, fn, fargs, median_s) -> dict:
+    """``flops`` of one call, its source, TFLOP/s and MFU (see the module doc)."""
+    flops, source = (xla_flops(fn, *fargs) if name in LOOP_FREE else None), "xla"
+    if flops is None and self.forward_flops:
+      flops, source = self.forward_flops * passes * PASSES[kind], "counted"
+    peak = self.args.peak_tflops * 1e12
+    return {"flops": flops, "flops_source": source if flops else None,
+            "tflops_per_s": flops / median_s / 1e12 if flops else None,
+            "mfu": flops / median_s / peak if flops else None}
+
   def _train(self, method: str, k: int):
     a = self.args
     steps, state, (_, batch) = adv_train_step.compile_train_steps(
@@ -160,7 +170,12 @@ def main(argv=None) -> int:
   p.add_argument("--only", default="", help="comma-separated row names or kinds")
   p.add_argument("--budget", type=float, default=0, help="seconds; 0: no limit")
   p.add_argument("--out", default="", help="JSON file, rewritten after every row")
+  p.add_argument("--recount", default="", help="a throughput.json: recompute its FLOPs and MFU "
+                 "here (lowering only, any backend) from its arguments and timings, write "
+                 "<file>.recounted.json and print the table")
   args = p.parse_args(argv)
+  if args.recount:
+    return recount(args.recount)
   t_start = time.time()
   bench = Bench(args)
   record = {"args": vars(args), "backend": jax.default_backend(),
@@ -181,13 +196,9 @@ def main(argv=None) -> int:
     try:
       fn, fargs = build()
       first, median = time_fn(lambda: fn(*fargs), args.repeats)
-      flops, source = (xla_flops(fn, *fargs) if name in LOOP_FREE else None), "xla"
-      if flops is None and bench.forward_flops:
-        flops, source = bench.forward_flops * passes * PASSES[kind], "counted"
-      row.update(first_s=first, median_s=median, images_per_s=args.batch / median,
-                 flops=flops, flops_source=source if flops else None,
-                 tflops_per_s=flops / median / 1e12 if flops else None,
-                 mfu=flops / median / (args.peak_tflops * 1e12) if flops else None)
+      row.update(first_s=first, median_s=median, images_per_s=args.batch / median)
+      row.update(bench.flops(name, kind, passes, fn, fargs, median))
+      flops, source = row["flops"], row["flops_source"]
       print(f"{name:16s} first {first:7.2f} s  median {median * 1e3:9.2f} ms  "
             f"{row['images_per_s']:9.1f} img/s" +
             (f"  {row['tflops_per_s']:7.1f} TFLOP/s  MFU {row['mfu']:.1%} ({source})"
@@ -202,6 +213,26 @@ def main(argv=None) -> int:
       os.replace(args.out + ".tmp", args.out)
   print("\n" + markdown(record))
   return 0 if all("error" not in r for r in record["rows"]) else 1
+
+
+def recount(path: str) -> int:
+  """FLOPs and MFU of a recorded run recomputed on this machine (the first H200 run's were
+  taken from the compiled module, which misses cuDNN's convolutions); timings unchanged."""
+  with open(path) as f:
+    record = json.load(f)
+  bench = Bench(argparse.Namespace(**record["args"]))
+  built = {name: (kind, passes, build) for name, kind, passes, build in bench.rows()}
+  record["forward_flops"] = bench.forward_flops
+  for row in record["rows"]:
+    if "error" not in row:
+      kind, passes, build = built[row["name"]]
+      fn, fargs = build()
+      row.update(bench.flops(row["name"], kind, passes, fn, fargs, row["median_s"]))
+  out = path.removesuffix(".json") + ".recounted.json"
+  with open(out, "w") as f:
+    json.dump(record, f, indent=2)
+  print(markdown(record))
+  return 0
 
 
 def markdown(record) -> str:
