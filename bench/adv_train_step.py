@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 import benchutil  # noqa: E402
 
 from configs import common  # noqa: E402
-from lib import experiment, parallel, train_step  # noqa: E402
+from lib import experiment, parallel, train_step, xla_cpu  # noqa: E402
 
 
 def compile_train_steps(arch: str, size: int, batch_size: int, variants: dict, *,
@@ -97,4 +97,5 @@ def main():
 
 
 if __name__ == "__main__":
+  xla_cpu.configure()  # the entry points' XLA:CPU defaults, before the first JAX computation
   main()

@@ -1,11 +1,11 @@
 """PGD-10 with the attack loop rolled vs unrolled (the XLA:CPU loop-body pitfall: with the
-canonical-layout convolution gradients of lib/models.py the rolled loop is no slower and
+canonical-layout convolution gradients of lib/xla_cpu.py the rolled loop is no slower and
 compiles faster, so the library default is rolled again; bench/RESULTS.md).
 
   .venv/bin/python bench/attack_unroll.py [--arch resnet18 --size 128 --batch 8]
 
 Times compile and run of ``attacks.pgd`` on a randomly initialised ResNet, median of a
-few runs after warm-up, for unroll = 1 (rolled scan), the library default and full
+few runs after warm-up, for unroll = 1 (rolled scan, the library default) and full
 unroll; prints a markdown table and appends it as JSON to bench/results_unroll.json.
 """
 
@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 import benchutil  # noqa: E402
 
-from lib import attacks, models  # noqa: E402
+from lib import attacks, models, xla_cpu  # noqa: E402
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
   x = np.random.default_rng(0).uniform(size=(args.batch, args.size, args.size, 1)).astype(np.float32)
   y = np.zeros(args.batch, np.int32)
   rows = []
-  for label, unroll in (("rolled (unroll=1)", 1), ("default", None), ("unrolled", args.steps)):
+  for label, unroll in (("rolled (unroll=1, the default)", 1), ("unrolled", args.steps)):
     fn = jax.jit(lambda x, y, eps: attacks.pgd(fns.logits_fn, x, y, eps=eps, step_size=eps / 4,
                                                steps=args.steps, unroll=unroll))
     t0 = time.time()
@@ -45,7 +45,7 @@ def main():
       t0 = time.time()
       jax.block_until_ready(fn(x, y, 0.004))
       times.append(time.time() - t0)
-    rows.append({"variant": label, "unroll": unroll or attacks.default_unroll(args.steps),
+    rows.append({"variant": label, "unroll": unroll,
                  "compile_plus_first_s": compile_s, "median_s": statistics.median(times)})
   print(f"PGD-{args.steps}, {args.arch} at {args.size} px, batch {args.batch}, "
         f"{jax.default_backend()} ({os.cpu_count()} cores), jax {jax.__version__}\n")
@@ -56,4 +56,5 @@ def main():
 
 
 if __name__ == "__main__":
+  xla_cpu.configure()  # the entry points' XLA:CPU defaults, before the first JAX computation
   main()

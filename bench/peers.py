@@ -57,7 +57,7 @@ import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 
 import adv_train_step  # noqa: E402
-from lib import attacks, explanation_attacks, models, parallel, saliency, sweep, torch_weights  # noqa: E402
+from lib import attacks, explanation_attacks, models, parallel, saliency, sweep, torch_weights, xla_cpu  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -301,7 +301,7 @@ def cam_attack_pair(s: Setup, eps: float, steps: int):
 
   def check():
     y0 = jnp.asarray(s.y)
-    loss = explanation_attacks.explanation_loss(s.fns, x, y0, method="grad_cam")
+    loss = explanation_attacks.explanation_objective(s.fns, x, y0, method="grad_cam")
     ours_g = jax.grad(lambda z: loss(z, 0.0)[0].sum())(x + 1e-3 * jnp.sign(jnp.sin(x * 50)))
     _, grad_fn = torch_cam_keep_attack(s, s.xt, s.yt, eps, alpha, 0)
     xt = s.xt + 1e-3 * torch.sign(torch.sin(s.xt * 50))
@@ -367,14 +367,15 @@ def eps_sweep_pair(s: Setup, eps_values, steps: int):
   counts = {}
 
   def traced():
-    counter = sweep.CompileCounter()
+    counter = sweep.TraceCounter()
     fn = sweep.compile_attack(s.model, spec, mesh, counter)
-    out = [fn(s.variables, x, y, jnp.float32(e), key) for e in eps_values]
+    batch = parallel.global_batch(mesh, {"x": s.x, "y": s.y})
+    out = [fn(s.variables, jnp.float32(e), key, batch, np.int32(0)) for e in eps_values]
     jax.block_until_ready(out)
     counts["ours"] = counter.count
 
   def per_eps():
-    counter = sweep.CompileCounter()
+    counter = sweep.TraceCounter()
     out = []
     for e in eps_values:
       run = sweep.make_attack(spec)
@@ -539,4 +540,5 @@ def record(args, header, rows, table) -> None:
 
 
 if __name__ == "__main__":
+  xla_cpu.configure()  # the entry points' XLA:CPU defaults, before the first JAX computation
   main()

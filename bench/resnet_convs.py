@@ -8,7 +8,7 @@ table: milliseconds per call, times the number of such convolutions in the netwo
 rows add up to the convolutions' share of one FGSM step (one forward + one input gradient).
 The input gradient is what an attack or a saliency map takes; ``--weight_grad`` adds a
 second table with the weight gradient, what a train step adds (bench/RESULTS.md).
-Our convolutions go through ``lib.models.conv_general_dilated`` with im2col for maps of at
+Our convolutions go through ``lib.xla_cpu.conv_general_dilated`` with im2col for maps of at
 most 64 pixels, as in ``bench/peers.py``.
 """
 
@@ -24,7 +24,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lib import models  # noqa: E402
+from lib import xla_cpu  # noqa: E402
 
 def resnet_convs(arch: str, size: int):
   """Every distinct convolution of torchvision's ResNet ``arch`` at ``size`` px input:
@@ -75,8 +75,8 @@ def _ours(b, hw, cin, cout, k, s, rng, im2col):
   w = jnp.asarray(0.05 * rng.standard_normal((k, k, cin, cout)), jnp.float32)
   dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
   pad = [(k // 2, k // 2)] * 2
-  conv = lambda z, w: models.conv_general_dilated(z, w, (s, s), pad, dimension_numbers=dn,
-                                                  im2col_max_pixels=im2col)
+  conv = lambda z, w: xla_cpu.conv_general_dilated(z, w, (s, s), pad, dimension_numbers=dn,
+                                                   im2col_max_pixels=im2col)
   g = jnp.ones(jax.eval_shape(conv, x, w).shape, jnp.float32)
   fwd = jax.jit(conv)  # everything is an argument: nothing for XLA to constant-fold
   bwd = jax.jit(lambda z, w, g: jax.vjp(lambda z: conv(z, w), z)[1](g)[0])
@@ -158,4 +158,5 @@ def main():
     print(f"| **total x count** | | {wtot[0]:.0f} | {wtot[1]:.0f} | {wtot[1] / wtot[0]:.2f} |")
 
 if __name__ == "__main__":
+  xla_cpu.configure()  # the entry points' XLA:CPU defaults, before the first JAX computation
   main()

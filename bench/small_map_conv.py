@@ -1,4 +1,4 @@
-"""XLA:CPU's convolution vs im2col + matmul (lib/models.conv_general_dilated) on the map
+"""XLA:CPU's convolution vs im2col + matmul (lib/xla_cpu.conv_general_dilated) on the map
 sizes of a ResNet's stages, forward and input gradient, and a whole ResNet-18 forward.
 
   .venv/bin/python bench/small_map_conv.py [--repeats 3]
@@ -19,7 +19,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lib import models  # noqa: E402
+from lib import models, xla_cpu  # noqa: E402
 
 CASES = [  # (batch, map size, channels, stride): ResNet stages 3-4 at 64-224 px inputs
     (64, 2, 512, 1), (16, 4, 512, 1), (16, 4, 512, 2), (8, 7, 512, 1), (16, 8, 256, 1),
@@ -50,7 +50,7 @@ def main():
     dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
     row = []
     for impl in (jax.lax.conv_general_dilated,
-                 lambda *a, **k: models.conv_general_dilated(*a, **k, im2col_max_pixels=10**6)):
+                 lambda *a, **k: xla_cpu.conv_general_dilated(*a, **k, im2col_max_pixels=10**6)):
       conv = lambda z, impl=impl: impl(z, w, (s, s), [(1, 1), (1, 1)], dimension_numbers=dn)
       row.append((_median_ms(jax.jit(conv), x, args.repeats),
                   _median_ms(jax.jit(jax.grad(lambda z, conv=conv: (conv(z) ** 2).sum())), x,
@@ -69,4 +69,5 @@ def main():
 
 
 if __name__ == "__main__":
+  xla_cpu.configure()  # the entry points' XLA:CPU defaults, before the first JAX computation
   main()

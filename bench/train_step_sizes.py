@@ -19,6 +19,7 @@ import jax  # noqa: E402
 
 import benchutil  # noqa: E402
 from adv_train_step import compile_train_steps  # noqa: E402
+from lib import xla_cpu  # noqa: E402
 
 # (image size, im2col_max_pixels): 0 = XLA's convolution everywhere.
 VARIANTS = ((64, 0), (64, 64), (96, 0), (96, 144), (128, 0), (128, 64))
@@ -50,4 +51,5 @@ def main():
 
 
 if __name__ == "__main__":
+  xla_cpu.configure()  # the entry points' XLA:CPU defaults, before the first JAX computation
   main()

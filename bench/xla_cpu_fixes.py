@@ -7,10 +7,10 @@ bought").
 The switches, each measured in its own process (``XLA_FLAGS`` is read once, when JAX
 creates its CPU backend):
 
-- ``canonical``: every NHWC convolution's gradients through ``models._canonical_conv``
+- ``canonical``: every NHWC convolution's gradients through ``xla_cpu._canonical_conv``
   (explicit HWIO transposed convolution) or JAX's own (``01oi`` kernel layout);
 - ``eigen``: convolutions on XLA's Eigen path with only matrix products on YNNPACK (the
-  ``lib/__init__.py`` default) or on YNNPACK as jaxlib 0.10 does by default;
+  ``lib.xla_cpu.configure()`` default) or on YNNPACK as jaxlib 0.10 does by default;
 - ``unroll``: the attack's ``scan`` rolled (the library default) or fully unrolled.
 
 For the library's defaults the child also times the gradient of a cross-entropy step with
@@ -57,9 +57,9 @@ def child(args):
   import jax
   import numpy as np
   import optax
-  from lib import attacks, models
+  from lib import attacks, models, xla_cpu
   if not args.canonical:  # JAX's own gradients: the convolution without the custom VJP
-    models._canonical_conv = models._conv  # pylint: disable=protected-access
+    xla_cpu._canonical_conv = xla_cpu._conv  # pylint: disable=protected-access
   model = models.ARCHITECTURES[args.arch]()
   variables = models.init_variables(model, 0, args.size)
   fns = models.model_fns(model, variables)
@@ -109,7 +109,7 @@ def main():
   rows = []
   base = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if YNN_FLAG not in f)
   for label, canonical, eigen, unroll in VARIANTS:
-    # the explicit jaxlib default keeps lib/__init__.py from adding its own choice
+    # explicit either way, so no variant depends on whether anything calls xla_cpu.configure()
     ynn = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT" if eigen else
            "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
     env = dict(os.environ, XLA_FLAGS=f"{base} {YNN_FLAG}={ynn}".strip())

@@ -78,20 +78,24 @@ def adversarial_examples(logits_fn, x, y, adv, eps, keys):
   ``keys``: one PRNG key per example for the random start (:func:`example_keys`)."""
   step_size = adv.step_size_factor * eps
   if adv.method in ("pgd", "iterative"):
-    loss, steps, random_init = attacks.class_loss(logits_fn, y), adv.steps, adv.random_start
+    objective = attacks.class_objective(logits_fn, y)
+    steps, random_init = adv.steps, adv.random_start
   elif adv.method == "fgsm_rs":
-    loss, steps, random_init, step_size = attacks.class_loss(logits_fn, y), 1, True, 1.25 * eps
+    objective, steps, random_init = attacks.class_objective(logits_fn, y), 1, True
+    step_size = 1.25 * eps
   elif adv.method == "trades":
     p_clean = jax.lax.stop_gradient(jax.nn.softmax(logits_fn(x), -1))
-    loss, steps, random_init = (lambda xa: kl_divergence(p_clean, logits_fn(xa))), adv.steps, True
+    objective = attacks.loss_objective(lambda xa: kl_divergence(p_clean, logits_fn(xa)))
+    steps, random_init = adv.steps, True
   else:
     raise ValueError(f"No adversarial examples for method {adv.method!r}")
   x_init = None
   if random_init:
     noise = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0, 1.0))(keys)
     x_init = x + eps * noise
-  x_adv = attacks.projected_gradient(loss, x, eps=eps, step_size=step_size, steps=steps,
-                                     x_init=x_init, keep_best=False)
+  x_adv = attacks.projected_gradient(objective, x, eps=eps, steps=steps,
+                                     step=attacks.Step(size=step_size),
+                                     start=attacks.Start(x_init=x_init), keep_best=False)
   return jax.lax.stop_gradient(x_adv)
 
 

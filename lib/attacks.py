@@ -5,27 +5,38 @@ ball around the clean image and inside the valid pixel range [0, 1]:
 
     x_{k+1} = Proj_{B(x, eps) ∩ [0,1]^n}( x_k + step(∇_x L(x_k)) )
 
-The engine, :func:`projected_gradient`, is parameterised by
-  * the loss (``"ce"`` cross-entropy, ``"margin"`` Carlini & Wagner 2017, ``"dlr"``
-    difference of logits ratio, Croce & Hein 2020, or any ``x -> (B,)`` function: the
-    explanation attacks are such functions),
+The engine, :func:`projected_gradient`, takes one kind of objective,
+``objective(x_adv, t) -> (loss, score, feasible)``, all (B,): the gradient follows
+``loss``, each example's returned image is its best iterate by ``(feasible, score)`` and
+``t = k / steps`` is the attack's progress. :func:`class_objective` wraps the class
+losses (``"ce"`` cross-entropy, ``"margin"`` Carlini & Wagner 2017, ``"dlr"`` difference
+of logits ratio, Croce & Hein 2020) into one (``feasible``: the attack succeeded), and
+:func:`loss_objective` any ``x -> (B,)`` loss; the explanation attacks
+(lib/explanation_attacks.py) are objectives too. The engine is parameterised by
   * the norm (``"linf"``, ``"l2"``),
-  * the step rule (``"sign"``, ``"normalized"`` (L2-normalised gradient), ``"momentum"``
-    (MI-FGSM, Dong et al. 2018), ``"apgd"`` (the step-size schedule with checkpoints of
-    Croce & Hein 2020)),
-  * random start, restarts (per example the worst case over restarts is kept), targeted
-    or untargeted, and whether the best iterate or the last one is returned.
+  * the budget ``eps`` and the number of ``steps``,
+  * a :class:`Step` rule: ``"sign"``, ``"normalized"`` (L2-normalised gradient),
+    ``"momentum"`` (MI-FGSM, Dong et al. 2018), ``"adam"``, ``"apgd"`` (the step-size
+    schedule with checkpoints of Croce & Hein 2020), its size and schedule,
+  * :class:`Start`: at ``x``, random in the ball or a given point, restarts (per example
+    the best over restarts is kept), the clean image as a candidate answer,
+  * and whether the best iterate or the last one is returned.
 
-``eps`` and ``step_size`` are traced, so a sweep over eps compiles once. ``steps`` and
+``eps`` and the step size are traced, so a sweep over eps compiles once. ``steps`` and
 ``restarts`` are static (they set the loop lengths).
+
+The named attacks (FGSM, BIM, PGD, MI-FGSM, APGD, uniform noise) are registered in
+:data:`ATTACKS` with their parameters (lib/registry.py): a new attack is one decorated
+function here or in your own module, and ``attack.py`` sweeps, labels, resume keys and
+study columns follow from it (docs/EXTENDING.md).
 
 Loops are ``lax.scan``s, rolled by default (``unroll`` option). On XLA:CPU a convolution's
 input gradient inside a rolled loop body used to run about 10x slower than at top level
-(DESIGN.md, "measured pitfall"), so attack loops were unrolled; the cause was the kernel
-layout of JAX's transposed convolution, which :func:`lib.models.conv_general_dilated` now
+(docs/DESIGN.md, "XLA:CPU findings"), so attack loops were unrolled; the cause was the
+kernel layout of JAX's transposed convolution, which :func:`lib.xla_cpu.conv_general_dilated`
 avoids, and with it the rolled loop is as fast or faster and compiles in less time
 (bench/RESULTS.md). A model of your own on CPU should build its convolutions with that
-function (``nn.Conv(..., conv_general_dilated=models.conv_general_dilated)``) or pass
+function (``nn.Conv(..., conv_general_dilated=xla_cpu.conv_general_dilated)``) or pass
 ``unroll=steps``.
 
 Attacks are model-agnostic: they take ``logits_fn(x) -> logits``, any JAX function of
@@ -35,17 +46,22 @@ state update) through :func:`lib.models.model_fns`.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+import dataclasses
+from typing import Any, Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lib import registry
+
 Array = jax.Array
-LossFn = Callable[[Array], Array]
+# objective(x_adv, t) -> (loss, score, feasible), each (B,): see the module docstring.
+Objective = Callable[[Array, Array], tuple]
 
 NORMS = ("linf", "l2")
 STEP_RULES = ("sign", "normalized", "momentum", "adam", "apgd")
+STEP_SCHEDULES = ("constant", "cosine")
 _TINY = 1e-12
 
 
@@ -80,26 +96,69 @@ def dlr(logits, y):
 CLASS_LOSSES = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
 
 
-def class_loss(logits_fn, y, loss: Union[str, Callable] = "ce", targeted: bool = False) -> LossFn:
-  """``x -> (B,)`` loss to maximise: away from ``y``, or towards it when targeted."""
-  fn = CLASS_LOSSES[loss] if isinstance(loss, str) else loss
-  sign = -1.0 if targeted else 1.0
-  return lambda x: sign * fn(logits_fn(x), y)
+def _class_loss_fn(loss: Union[str, Callable]) -> Callable:
+  if callable(loss):
+    return loss
+  if loss not in CLASS_LOSSES:
+    raise ValueError(f"Unknown class loss {loss!r}; choose from {sorted(CLASS_LOSSES)}.")
+  return CLASS_LOSSES[loss]
+
+
+def logits_of(model) -> Callable[[Array], Array]:
+  """``x -> logits`` of a :class:`lib.models.ModelFns` or of a plain logits function."""
+  return getattr(model, "logits_fn", model)
+
+
+def class_objective(logits_fn, y, loss: Union[str, Callable] = "ce",
+                    targeted: bool = False) -> Objective:
+  """The engine's objective of a class loss: ``loss`` away from ``y`` (towards it when
+  ``targeted``) is both what the gradient follows and the score; ``feasible`` is the
+  attack's success (misclassified, or classified as the target), so per example a
+  successful iterate is kept over a higher-loss unsuccessful one. One forward pass gives
+  all three."""
+  fn, sign = _class_loss_fn(loss), (-1.0 if targeted else 1.0)
+
+  def objective(x, t):
+    del t
+    logits = logits_fn(x)
+    value = sign * fn(logits, y)
+    pred = jnp.argmax(logits, axis=-1)
+    return value, value, (pred == y) if targeted else (pred != y)
+  return objective
+
+
+def loss_objective(loss_fn: Callable[[Array], Array]) -> Objective:
+  """The engine's objective of a plain per-example loss ``x -> (B,)`` (every iterate
+  feasible, the score is the loss): e.g. TRADES' KL term in adversarial training."""
+  def objective(x, t):
+    del t
+    value = loss_fn(x)
+    return value, value, jnp.ones(value.shape, bool)
+  return objective
 
 
 # ----------------------------------------------------------------------------- geometry
 
 
 def _per_example(fn, x):
+  """``fn(flat, axis=1)`` per example, broadcastable against ``x`` (B, 1, 1, ...)."""
   return fn(x.reshape(x.shape[0], -1), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def _l2(a):
+  """Per-example L2 norm, broadcastable against ``a``."""
+  return _per_example(lambda f, axis: jnp.sqrt((f ** 2).sum(axis=axis)), a)
+
+
+def _l2_normalise(a):
+  return a / jnp.maximum(_l2(a), _TINY)
 
 
 def lp_norm(delta, norm: str):
   """Per-example norm, shape (B,)."""
-  flat = delta.reshape(delta.shape[0], -1)
   if norm == "linf":
-    return jnp.abs(flat).max(axis=1)
-  return jnp.sqrt((flat ** 2).sum(axis=1))
+    return jnp.abs(delta.reshape(delta.shape[0], -1)).max(axis=1)
+  return _l2(delta).reshape(-1)
 
 
 def project(x, x_adv, eps, norm: str):
@@ -109,8 +168,7 @@ def project(x, x_adv, eps, norm: str):
   if norm == "linf":
     delta = jnp.clip(delta, -eps, eps)
   else:
-    n = _per_example(lambda d, axis: jnp.sqrt((d ** 2).sum(axis=axis)), delta)
-    delta = delta * jnp.minimum(1.0, eps / jnp.maximum(n, _TINY))
+    delta = delta * jnp.minimum(1.0, eps / jnp.maximum(_l2(delta), _TINY))
   return jnp.clip(x + delta, 0.0, 1.0)
 
 
@@ -125,8 +183,7 @@ def random_start(key, x, eps, norm: str):
     d = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * _broadcast(eps, x)
   else:
     k1, k2 = jax.random.split(key)
-    g = jax.random.normal(k1, x.shape, x.dtype)
-    g = g / jnp.maximum(_per_example(lambda a, axis: jnp.sqrt((a ** 2).sum(axis=axis)), g), _TINY)
+    g = _l2_normalise(jax.random.normal(k1, x.shape, x.dtype))
     dim = np.prod(x.shape[1:])
     r = jax.random.uniform(k2, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype) ** (1.0 / dim)
     d = g * r * _broadcast(eps, x)
@@ -137,91 +194,80 @@ def _ascent_direction(g, norm: str):
   """Steepest ascent for the norm: sign(g) for L-inf, g / ||g||_2 for L2."""
   if norm == "linf":
     return jnp.sign(g)
-  return g / jnp.maximum(_per_example(lambda a, axis: jnp.sqrt((a ** 2).sum(axis=axis)), g), _TINY)
+  return _l2_normalise(g)
 
 
 # ----------------------------------------------------------------------------- the engine
 
 
-def apgd_checkpoints(steps: int) -> np.ndarray:
-  """Iterations where APGD may halve its step: p_0 = 0, p_1 = 0.22,
-  p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Croce & Hein 2020, Sec. 3.2)."""
-  p = [0.0, 0.22]
-  while p[-1] < 1.0:
-    p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-  return np.unique(np.ceil(np.round(np.asarray(p[:-1]) * steps, 6)).astype(int))
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """How the engine steps. ``rule``: ``"sign"`` (steepest ascent for the norm:
+  FGSM/BIM/PGD), ``"normalized"`` (the same for L2; for L-inf the L2-normalised gradient),
+  ``"momentum"`` (MI-FGSM with decay ``momentum``), ``"adam"`` (Adam's bias-corrected
+  m / sqrt(v) as the direction, the image-space optimiser of Dombrowski et al. 2019),
+  ``"apgd"`` (Croce & Hein's schedule; ``size`` is ignored, the first step is 2 eps).
+  ``size``: the step (scalar or (B,), traced; None: eps). ``schedule``: ``"constant"`` or
+  ``"cosine"`` (decays from ``size`` to 0)."""
+  rule: str = "sign"
+  size: Any = None
+  schedule: str = "constant"
+  momentum: float = 1.0
+
+  def __post_init__(self):
+    if self.rule not in STEP_RULES:
+      raise ValueError(f"step rule must be one of {STEP_RULES}, got {self.rule!r}")
+    if self.schedule not in STEP_SCHEDULES:
+      raise ValueError(f"step schedule must be one of {STEP_SCHEDULES}, got {self.schedule!r}")
 
 
-def default_unroll(steps: int) -> int:  # pylint: disable=unused-argument
-  """Loops stay rolled (1) on every backend; see the module docstring for the history."""
-  return 1
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """Where the engine starts. ``random``: uniformly in the ball (needs ``key``);
+  ``x_init``: a given first iterate instead (projected onto the ball; e.g. per-example
+  random starts that do not depend on how the batch is split over devices,
+  lib/adversarial.py); ``restarts``: independent runs, per example the best is kept;
+  ``clean_candidate``: the clean image competes as an answer (explanation attacks: it
+  keeps its label by definition, so a returned image never does worse than none)."""
+  random: bool = False
+  restarts: int = 1
+  x_init: Any = None
+  clean_candidate: bool = False
 
 
-def projected_gradient(loss_fn: LossFn, x: Array, *, eps, step_size, steps: int,
-                       norm: str = "linf", step_rule: str = "sign", random_init: bool = False,
-                       key: Optional[Array] = None, restarts: int = 1, momentum: float = 1.0,
-                       keep_best: bool = True, success_fn: Optional[Callable] = None,
-                       has_aux: bool = False, progress_arg: bool = False,
-                       step_schedule: str = "constant", x_init: Optional[Array] = None,
-                       unroll: Optional[int] = None) -> Array:
-  """Maximises ``loss_fn`` (per-example, (B,)) over the eps-ball around ``x``.
+def projected_gradient(objective: Objective, x: Array, *, eps, steps: int, norm: str = "linf",
+                       step: Step = Step(), start: Start = Start(), key: Optional[Array] = None,
+                       keep_best: bool = True, unroll: int = 1) -> Array:
+  """Maximises an objective over the eps-ball around ``x`` intersected with [0, 1].
 
   Args:
-    loss_fn: ``x_adv -> (B,)`` losses to maximise (each example's loss must depend on
-      that example only; true of any model in eval mode). With ``has_aux`` it returns
-      ``(loss, score, feasible)``: the gradient follows ``loss``, while the returned
-      iterate is each example's best by ``(feasible, score)`` in lexicographic order, the
-      clean image ``x`` included as a candidate. Explanation attacks use this to return
-      only label-keeping images (``feasible``) ranked by the map dissimilarity of the real
-      model (``score``) while their gradient goes through a surrogate.
+    objective: ``(x_adv, t) -> (loss, score, feasible)``, each (B,), with ``t = k / steps``
+      in [0, 1] (to anneal something over the attack, e.g. a softplus surrogate's beta).
+      Each example's values must depend on that example only (true of any model in eval
+      mode). The gradient follows ``loss``; the returned iterate is each example's best by
+      ``(feasible, score)`` in lexicographic order. :func:`class_objective` and
+      :func:`loss_objective` make one from a class loss or a plain loss.
     x: clean images in [0, 1].
-    eps, step_size: budget and step (scalars or per-example (B,) arrays; traced).
+    eps: budget (scalar or per-example (B,); traced).
     steps: number of gradient steps (static).
     norm: "linf" or "l2".
-    step_rule: "sign" (steepest ascent for the norm: FGSM/BIM/PGD), "normalized" (the
-      same for L2; for L-inf the L2-normalised gradient), "momentum" (MI-FGSM with decay
-      ``momentum``), "adam" (Adam's bias-corrected m / sqrt(v) as the direction, the
-      image-space optimiser of Dombrowski et al. 2019), "apgd" (Croce & Hein's schedule;
-      ``step_size`` is ignored, the initial step is 2 eps).
-    random_init: start uniformly in the ball instead of at ``x``.
-    key: PRNG key for random starts.
-    restarts: independent starts; per example the best (highest loss, or successful)
-      result is kept.
+    step: the :class:`Step` rule, size and schedule.
+    start: the :class:`Start`: random or given first iterate, restarts, clean candidate.
+    key: PRNG key for random starts (restart r > 0 uses ``fold_in(key, r)``).
     keep_best: return each example's best iterate (else the last one).
-    success_fn: optional ``x_adv -> (B,) bool``; among restarts a successful result
-      beats an unsuccessful one before losses are compared (with ``has_aux`` the
-      ``feasible`` output plays this role).
-    has_aux: see ``loss_fn``.
-    progress_arg: ``loss_fn`` takes a second argument ``t = k / steps`` in [0, 1] (to
-      anneal something over the attack, e.g. a softplus surrogate's beta).
-    step_schedule: "constant" or "cosine" (the step decays from ``step_size`` to 0).
-    x_init: the first iterate (projected onto the ball), instead of ``x`` or a random
-      start drawn here; e.g. per-example random starts that do not depend on how the
-      batch is split over devices (lib/adversarial.py).
-    unroll: loop unrolling (None: :func:`default_unroll`).
+    unroll: loop unrolling of the ``lax.scan`` (1: rolled; see the module docstring).
 
   Returns:
     adversarial images, same shape as ``x``, inside the ball and [0, 1].
   """
   if norm not in NORMS:
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-  if step_rule not in STEP_RULES:
-    raise ValueError(f"step_rule must be one of {STEP_RULES}, got {step_rule!r}")
-  if step_schedule not in STEP_SCHEDULES:
-    raise ValueError(f"step_schedule must be one of {STEP_SCHEDULES}, got {step_schedule!r}")
-  if random_init and key is None:
-    raise ValueError("random_init needs a PRNG key (key=jax.random.key(0)).")
-  if step_rule == "apgd" and (has_aux or progress_arg):
-    raise ValueError("step_rule='apgd' takes a plain loss (no has_aux / progress_arg).")
-  unroll = default_unroll(steps) if unroll is None else unroll
+  if start.random and key is None:
+    raise ValueError("A random start needs a PRNG key (key=jax.random.key(0)).")
+  if step.rule == "apgd" and start.clean_candidate:
+    raise ValueError("step rule 'apgd' keeps its own best point; no clean_candidate.")
   eps = jnp.asarray(eps, x.dtype)
-  step_size = jnp.asarray(step_size, x.dtype)
-
-  def objective(xa, t):
-    out = loss_fn(xa, t) if progress_arg else loss_fn(xa)
-    if has_aux:
-      return out
-    return out, out, jnp.ones(out.shape, bool)
+  step_size = jnp.asarray(eps if step.size is None else step.size, x.dtype)
 
   def loss_grad_aux(xa, t):
     """(loss, grad, score, feasible) at ``xa``."""
@@ -232,40 +278,31 @@ def projected_gradient(loss_fn: LossFn, x: Array, *, eps, step_size, steps: int,
     return loss, g, score, feasible
 
   def one_run(start_key):
-    if x_init is not None:
-      x0 = project(x, x_init, eps, norm)
+    if start.x_init is not None:
+      x0 = project(x, start.x_init, eps, norm)
     else:
-      x0 = random_start(start_key, x, eps, norm) if random_init else x
-    if step_rule == "apgd":
-      best_x, best_loss = _apgd(lambda xa: loss_grad_aux(xa, 0.0)[:2], x, x0, eps, steps,
+      x0 = random_start(start_key, x, eps, norm) if start.random else x
+    if step.rule == "apgd":
+      zero = jnp.zeros((), x.dtype)
+      best_x, best_loss = _apgd(lambda xa: loss_grad_aux(xa, zero)[:2], x, x0, eps, steps,
                                 norm, unroll)
-      feasible = success_fn(best_x) if success_fn is not None else jnp.ones(best_loss.shape, bool)
-      return best_x, best_loss, feasible
-    if has_aux:  # the clean image competes too: it keeps its label by definition
-      _, score, feasible = objective(x, 0.0)
+      return best_x, best_loss, objective(best_x, jnp.ones((), x.dtype))[2]
+    if start.clean_candidate:
+      _, score, feasible = objective(x, jnp.zeros((), x.dtype))
       init = (x, score, feasible)
-    else:
-      init = (x0, jnp.full((x.shape[0],), -jnp.inf, x.dtype), jnp.ones((x.shape[0],), bool))
-    best_x, best_score, best_feasible = _pgd(
-        loss_grad_aux, objective, x, x0, init, eps, step_size, steps, norm, step_rule,
-        momentum, keep_best, step_schedule, unroll)
-    if success_fn is not None and not has_aux:
-      best_feasible = success_fn(best_x)
-    return best_x, best_score, best_feasible
+    else:  # any evaluated iterate beats this placeholder
+      init = (x0, jnp.full((x.shape[0],), -jnp.inf, x.dtype), jnp.zeros((x.shape[0],), bool))
+    return _pgd(loss_grad_aux, objective, x, x0, init, eps, step_size, steps, norm, step,
+                keep_best, unroll)
 
   # Restart r > 0 starts from fold_in(key, r): restart 0 is the single-start run, so more
   # restarts never do worse than one.
-  keys = [key] + [jax.random.fold_in(key, r) if key is not None else None
-                  for r in range(1, restarts)]
-  best = one_run(keys[0])
-  for r in range(1, restarts):  # few restarts: a Python loop keeps the body unrolled
-    cand = one_run(keys[r])
+  best = one_run(key)
+  for r in range(1, start.restarts):  # few restarts: a Python loop keeps the body unrolled
+    cand = one_run(jax.random.fold_in(key, r) if key is not None else None)
     better = _lexicographic_better(cand[2], cand[1], best[2], best[1])
     best = tuple(jnp.where(_broadcast(better, c), c, b) for c, b in zip(cand, best))
   return best[0]
-
-
-STEP_SCHEDULES = ("constant", "cosine")
 
 
 def _lexicographic_better(feasible, score, best_feasible, best_score):
@@ -273,8 +310,8 @@ def _lexicographic_better(feasible, score, best_feasible, best_score):
   return (feasible & ~best_feasible) | ((feasible == best_feasible) & (score > best_score))
 
 
-def _pgd(loss_grad_aux, objective, x, x0, init, eps, step_size, steps, norm, step_rule, mu,
-         keep_best, step_schedule, unroll, adam_b1=0.9, adam_b2=0.999):
+def _pgd(loss_grad_aux, objective, x, x0, init, eps, step_size, steps, norm, step: Step,
+         keep_best, unroll, adam_b1=0.9, adam_b2=0.999):
   """FGSM / BIM / PGD / MI-FGSM / Adam iterations; returns (x_adv, score, feasible)."""
 
   def body(carry, k):
@@ -285,22 +322,23 @@ def _pgd(loss_grad_aux, objective, x, x0, init, eps, step_size, steps, norm, ste
     bx = jnp.where(_broadcast(better, x), xa, bx)
     bs = jnp.where(better, score, bs)
     bf = jnp.where(better, feasible, bf)
-    if step_rule == "momentum":  # MI-FGSM: accumulate L1-normalised gradients
-      m = mu * m + g / jnp.maximum(_per_example(lambda a, axis: jnp.abs(a).sum(axis=axis), g), _TINY)
+    if step.rule == "momentum":  # MI-FGSM: accumulate L1-normalised gradients
+      m = step.momentum * m + g / jnp.maximum(
+          _per_example(lambda a, axis: jnp.abs(a).sum(axis=axis), g), _TINY)
       direction = _ascent_direction(m, norm)
-    elif step_rule == "adam":
+    elif step.rule == "adam":
       m = adam_b1 * m + (1 - adam_b1) * g
       v = adam_b2 * v + (1 - adam_b2) * g ** 2
       kk = k.astype(x.dtype) + 1
       direction = (m / (1 - adam_b1 ** kk)) / (jnp.sqrt(v / (1 - adam_b2 ** kk)) + 1e-12)
       if norm == "l2":
         direction = _ascent_direction(direction, "l2")
-    elif step_rule == "normalized":
+    elif step.rule == "normalized":
       direction = _ascent_direction(g, "l2")
     else:
       direction = _ascent_direction(g, norm)
     alpha = _broadcast(step_size, x)
-    if step_schedule == "cosine":
+    if step.schedule == "cosine":
       alpha = alpha * 0.5 * (1 + jnp.cos(jnp.pi * t))
     xa = project(x, xa + alpha * direction, eps, norm)
     return (xa, m, v, bx, bs, bf), None
@@ -314,6 +352,14 @@ def _pgd(loss_grad_aux, objective, x, x0, init, eps, step_size, steps, norm, ste
   better = _lexicographic_better(feasible, score, bf, bs)
   return (jnp.where(_broadcast(better, x), xa, bx), jnp.where(better, score, bs),
           jnp.where(better, feasible, bf))
+
+def apgd_checkpoints(steps: int) -> np.ndarray:
+  """Iterations where APGD may halve its step: p_0 = 0, p_1 = 0.22,
+  p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Croce & Hein 2020, Sec. 3.2)."""
+  p = [0.0, 0.22]
+  while p[-1] < 1.0:
+    p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+  return np.unique(np.ceil(np.round(np.asarray(p[:-1]) * steps, 6)).astype(int))
 
 
 def _apgd(loss_and_grad, x, x0, eps, steps, norm, unroll, alpha=0.75, rho=0.75):
@@ -377,67 +423,99 @@ def _apgd(loss_and_grad, x, x0, eps, steps, norm, unroll, alpha=0.75, rho=0.75):
   return state["best_x"], state["best_loss"]
 
 
+
 # ----------------------------------------------------------------------------- named attacks
+# Registered with their parameters (lib/registry.py): the keyword-only arguments but
+# ``eps``, ``key`` and ``surrogate_fns`` (which the caller supplies) are what a sweep's
+# config entry may set. ``family`` says how the gradient-masking checks treat an attack:
+# "single_step" (the reference iterative attacks must beat), "iterative", "baseline"
+# (random noise, which every attack must beat), "explanation" (not checked: it keeps labels).
+
+ATTACKS = registry.Registry("attack", fixed=("eps", "key", "surrogate_fns"))
+FAMILIES = ("single_step", "iterative", "baseline", "explanation")
+_CLASS_LABEL = ("{loss}?", "{norm}?")
+_ITERATIVE_LABEL = ("{steps}",) + _CLASS_LABEL
 
 
-def _success(logits_fn, y, targeted):
-  pred = lambda xa: jnp.argmax(logits_fn(xa), axis=-1)
-  return (lambda xa: pred(xa) == y) if targeted else (lambda xa: pred(xa) != y)
+def register_attack(name: str, *, family: str = "iterative", label=_ITERATIVE_LABEL,
+                    renamed=None, replace: bool = False):
+  """Decorator: registers ``fn(model, x, y, *, eps, [key], **params) -> x_adv`` as attack
+  ``name`` for ``attack.py`` sweeps and studies (``model``: a logits function or a
+  :class:`lib.models.ModelFns`). ``label`` templates make its table name (lib/registry.py);
+  ``family`` is one of :data:`FAMILIES`; ``renamed``: old parameter name -> new one, so
+  an old config stops with the new name."""
+  if family not in FAMILIES:
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+  return ATTACKS.register(name, label=label, family=family, renamed=dict(renamed or {}),
+                          replace=replace)
 
 
-def fgsm(logits_fn, x, y, *, eps, norm: str = "linf", targeted: bool = False, loss="ce"):
+def _step_size(eps, step_size, factor):
+  return factor * eps if step_size is None else step_size
+
+
+def _key(key):
+  return jax.random.PRNGKey(0) if key is None else key
+
+
+@register_attack("fgsm", family="single_step", label=_CLASS_LABEL)
+def fgsm(model, x, y, *, eps, norm: str = "linf", targeted: bool = False, loss="ce"):
   """Fast Gradient Sign Method (Goodfellow et al. 2015): one step of size eps."""
-  return projected_gradient(class_loss(logits_fn, y, loss, targeted), x, eps=eps, step_size=eps,
-                            steps=1, norm=norm, keep_best=False)
+  return projected_gradient(class_objective(logits_of(model), y, loss, targeted), x, eps=eps,
+                            steps=1, norm=norm, step=Step(size=eps), keep_best=False)
 
 
-def bim(logits_fn, x, y, *, eps, step_size, steps: int, norm: str = "linf",
-        targeted: bool = False, loss="ce", unroll=None):
-  """Basic Iterative Method (Kurakin et al. 2017): iterated FGSM from x, last iterate."""
-  return projected_gradient(class_loss(logits_fn, y, loss, targeted), x, eps=eps,
-                            step_size=step_size, steps=steps, norm=norm, keep_best=False,
+@register_attack("bim")
+def bim(model, x, y, *, eps, steps: int, step_size=None, step_size_factor: float = 0.25,
+        norm: str = "linf", targeted: bool = False, loss="ce", unroll: int = 1):
+  """Basic Iterative Method (Kurakin et al. 2017): iterated FGSM from x, last iterate;
+  the step is ``step_size``, or ``step_size_factor`` x eps."""
+  return projected_gradient(class_objective(logits_of(model), y, loss, targeted), x, eps=eps,
+                            steps=steps, norm=norm,
+                            step=Step(size=_step_size(eps, step_size, step_size_factor)),
+                            keep_best=False, unroll=unroll)
+
+
+@register_attack("pgd", label=_ITERATIVE_LABEL + ("r{restarts}?",))
+def pgd(model, x, y, *, eps, steps: int, step_size=None, step_size_factor: float = 0.25,
+        norm: str = "linf", random_start: bool = True, restarts: int = 1, key=None,
+        targeted: bool = False, loss="ce", unroll: int = 1):
+  """Projected Gradient Descent (Madry et al. 2018): random start in the ball, ``steps``
+  steepest-ascent steps of ``step_size`` (or ``step_size_factor`` x eps), per example the
+  best iterate over steps and restarts (a successful one first)."""
+  return projected_gradient(class_objective(logits_of(model), y, loss, targeted), x, eps=eps,
+                            steps=steps, norm=norm,
+                            step=Step(size=_step_size(eps, step_size, step_size_factor)),
+                            start=Start(random=random_start, restarts=restarts), key=_key(key),
                             unroll=unroll)
 
 
-def pgd(logits_fn, x, y, *, eps, step_size, steps: int, norm: str = "linf",
-        random_start: bool = True, restarts: int = 1, key=None, targeted: bool = False,
-        loss="ce", unroll=None):
-  """Projected Gradient Descent (Madry et al. 2018): random start in the ball, ``steps``
-  steepest-ascent steps, per example the best iterate over steps and restarts."""
-  if key is None:
-    key = jax.random.PRNGKey(0)
-  return projected_gradient(class_loss(logits_fn, y, loss, targeted), x, eps=eps,
-                            step_size=step_size, steps=steps, norm=norm,
-                            random_init=random_start, key=key, restarts=restarts,
-                            success_fn=_success(logits_fn, y, targeted), unroll=unroll)
-
-
-def mifgsm(logits_fn, x, y, *, eps, step_size, steps: int, decay: float = 1.0,
-           norm: str = "linf", targeted: bool = False, loss="ce", unroll=None):
+@register_attack("mifgsm")
+def mifgsm(model, x, y, *, eps, steps: int, step_size=None, step_size_factor: float = 0.25,
+           decay: float = 1.0, norm: str = "linf", targeted: bool = False, loss="ce",
+           unroll: int = 1):
   """Momentum Iterative FGSM (Dong et al. 2018): sign of the accumulated L1-normalised
   gradient, decay ``decay``, last iterate."""
-  return projected_gradient(class_loss(logits_fn, y, loss, targeted), x, eps=eps,
-                            step_size=step_size, steps=steps, norm=norm, step_rule="momentum",
-                            momentum=decay, keep_best=False, unroll=unroll)
+  return projected_gradient(class_objective(logits_of(model), y, loss, targeted), x, eps=eps,
+                            steps=steps, norm=norm,
+                            step=Step("momentum", _step_size(eps, step_size, step_size_factor),
+                                      momentum=decay),
+                            keep_best=False, unroll=unroll)
 
 
-def apgd(logits_fn, x, y, *, eps, steps: int = 100, norm: str = "linf", loss="ce",
-         restarts: int = 1, key=None, targeted: bool = False, unroll=None):
+@register_attack("apgd", label=_ITERATIVE_LABEL + ("r{restarts}?",))
+def apgd(model, x, y, *, eps, steps: int = 100, norm: str = "linf", loss="ce",
+         restarts: int = 1, key=None, targeted: bool = False, unroll: int = 1):
   """Auto-PGD (Croce & Hein 2020): APGD-CE (``loss="ce"``) or APGD-DLR (``"dlr"``),
   parameter-free step size with checkpoints, best iterate, optional random restarts."""
-  if key is None:
-    key = jax.random.PRNGKey(0)
-  return projected_gradient(class_loss(logits_fn, y, loss, targeted), x, eps=eps, step_size=eps,
-                            steps=steps, norm=norm, step_rule="apgd", random_init=restarts > 1,
-                            key=key, restarts=restarts,
-                            success_fn=_success(logits_fn, y, targeted), unroll=unroll)
+  return projected_gradient(class_objective(logits_of(model), y, loss, targeted), x, eps=eps,
+                            steps=steps, norm=norm, step=Step("apgd"),
+                            start=Start(random=restarts > 1, restarts=restarts), key=_key(key),
+                            unroll=unroll)
 
 
-def uniform_noise(logits_fn, x, y, *, eps, norm: str = "linf", key=None):
+@register_attack("noise", family="baseline", label=("{norm}?",))
+def uniform_noise(model, x, y, *, eps, norm: str = "linf", key=None):
   """Random perturbation uniform in the ball: the baseline every attack must beat."""
-  del logits_fn, y
-  return random_start(jax.random.PRNGKey(0) if key is None else key, x, eps, norm)
-
-
-ATTACKS = {"fgsm": fgsm, "bim": bim, "pgd": pgd, "mifgsm": mifgsm, "apgd": apgd,
-           "noise": uniform_noise}
+  del model, y
+  return random_start(_key(key), x, eps, norm)

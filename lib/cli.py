@@ -1,4 +1,9 @@
-"""The shared shape of the absl entry points: ``--config`` (ml_collections) + ``--workdir``."""
+"""The shared shape of the absl entry points: ``--config`` (ml_collections) + ``--workdir``.
+
+:func:`run` first sets the XLA:CPU defaults (:func:`lib.xla_cpu.configure`); none of the
+modules the entry points import runs a JAX computation at import time, so that happens
+before JAX creates its backend.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lib import experiment, parallel
+from lib import experiment, parallel, xla_cpu
 
 
 def run(job: Callable, default_config: str, *, lock_config: bool = False) -> None:
-  """Defines the flags and runs ``job(config, workdir)`` under ``absl.app``."""
+  """Sets the XLA:CPU defaults, defines the flags and runs ``job(config, workdir)`` under
+  ``absl.app``."""
+  added = xla_cpu.configure()   # before the first JAX computation (XLA reads XLA_FLAGS once)
   config_flags.DEFINE_config_file("config", default_config, "Config file (with :variant).",
                                   lock_config=lock_config)
   flags.DEFINE_string("workdir", None, "Output directory.")
@@ -22,6 +29,9 @@ def run(job: Callable, default_config: str, *, lock_config: bool = False) -> Non
     experiment.setup_logging()
     config = flags.FLAGS.config
     parallel.maybe_initialize_distributed(config)
+    if added:
+      logging.info("XLA:CPU defaults (lib.xla_cpu.configure) added to XLA_FLAGS: %s",
+                   " ".join(added))
     logging.info("Config:\n%s", config)
     job(config, flags.FLAGS.workdir)
 

@@ -14,20 +14,20 @@ and, for evaluation, ``weight`` float32 (B,) (0 for padding).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
 from concurrent import futures
-from typing import Any, Iterator, Optional
+from typing import Optional
 
 import grain
 import numpy as np
 from PIL import Image
 
-from lib.datasets import brain_mri, busi, manual, synthetic_lesions
+from lib import datasets
+from lib.datasets import manual
 from lib.datasets.manual import DataError
 
 # Where the real data sets live by default: ``$MEDROBUST_DATA_ROOT/<name>``, else
@@ -37,23 +37,16 @@ SHARED_DATA = os.path.abspath(os.path.expanduser(
     or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")))
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  builder: Any
-  class_names: dict            # label_set -> class names in model output order
-  default_manual_dir: Optional[str]
-  has_masks: bool
+# The registered data sets (one file each in lib/datasets/; lib/datasets/__init__.py).
+DATASETS = datasets.DATASETS
+register_dataset = datasets.register_dataset
 
 
-DATASETS = {
-    "synthetic_lesions": DatasetSpec(synthetic_lesions.SyntheticLesions,
-                                     {"binary": ("benign", "malignant")}, None, True),
-    "busi": DatasetSpec(busi.Busi, {"binary": ("benign", "malignant"),
-                                    "three_class": ("benign", "malignant", "normal")},
-                        os.path.join(SHARED_DATA, "busi"), True),
-    "brain_mri": DatasetSpec(brain_mri.BrainMri, {"binary": ("no_tumor", "tumor")},
-                             os.path.join(SHARED_DATA, "brain_mri"), False),
-}
+def default_manual_dir(name: str) -> Optional[str]:
+  """Where data set ``name``'s files are read from unless ``data.manual_dir`` says
+  otherwise: its folder under :data:`SHARED_DATA` (None for generated data)."""
+  folder = DATASETS[name].manual_dir
+  return None if folder is None else os.path.join(SHARED_DATA, folder)
 
 
 def class_names(data_config) -> tuple:
@@ -69,32 +62,28 @@ def default_data_dir() -> str:
 
 
 def get_builder(data_config):
-  """Returns the prepared TFDS builder; builds it first if needed.
+  """Returns the prepared TFDS builder of a registered data set; builds it first if needed.
 
   Builders over a manual_dir are rebuilt when the folder's fingerprint (file names and
   sizes) differs from the one they were built from, so pointing at another copy of
   BUSI never silently reuses the old one.
   """
   name = data_config.name
-  if name not in DATASETS:
-    raise ValueError(f"Unknown data set {name!r}; choose from {sorted(DATASETS)}.")
   spec = DATASETS[name]
   data_dir = data_config.get("data_dir") or default_data_dir()
-  if name == "synthetic_lesions":
-    cfg = synthetic_lesions.make_config(
-        data_config.synthetic_size, data_config.num_train, data_config.num_val,
-        data_config.num_test, data_config.synthetic_seed)
-    builder = spec.builder(config=cfg, data_dir=data_dir, file_format="array_record")
+  kwargs = spec.builder_kwargs(data_config) if spec.builder_kwargs else {}
+  if spec.manual_dir is None:  # generated data
+    builder = spec.builder(data_dir=data_dir, file_format="array_record", **kwargs)
     if not _is_prepared(builder):
       builder.download_and_prepare()
     return builder
 
   import tensorflow_datasets as tfds
   manual_dir = os.path.abspath(os.path.expanduser(data_config.get("manual_dir") or
-                                                  spec.default_manual_dir))
+                                                  default_manual_dir(name)))
   # Validates the layout (and names the folder) before anything is written.
   spec.builder.list_examples(manual_dir)
-  builder = spec.builder(data_dir=data_dir, file_format="array_record")
+  builder = spec.builder(data_dir=data_dir, file_format="array_record", **kwargs)
   stamp = os.path.join(builder.data_dir, "source.json")
   source = {"manual_dir": manual_dir, "fingerprint": manual.fingerprint(manual_dir)}
   if _is_prepared(builder):
@@ -106,7 +95,7 @@ def get_builder(data_config):
       pass
     logging.warning("Rebuilding %s: %s differs from the copy it was built from.", name, manual_dir)
     shutil.rmtree(builder.data_dir)
-    builder = spec.builder(data_dir=data_dir, file_format="array_record")
+    builder = spec.builder(data_dir=data_dir, file_format="array_record", **kwargs)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   with open(stamp, "w") as f:
@@ -311,13 +300,6 @@ def example_indices(labels, k: int) -> np.ndarray:
   return np.asarray(out, dtype=int)
 
 
-def padded_batches(n: int, batch_size: int):
-  """``(start, index)`` of every batch of ``n`` items; the last one is padded by repeating
-  the final item, so every batch has one shape (one compilation)."""
-  for start in range(0, n, batch_size):
-    yield start, np.minimum(np.arange(start, start + batch_size), n - 1)
-
-
 def _text(x) -> str:
   return x.decode() if isinstance(x, bytes) else str(x)
 
@@ -402,23 +384,3 @@ def train_iterator(arrays: dict, config, *, process_index: int = 0, process_coun
   threads = config.data.get("num_threads", 2)
   read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(4, threads))
   return iter(ds.to_iter_dataset(read_options=read))
-
-
-def eval_batches(arrays: dict, batch_size: int, in_channels: int, has_mask: bool,
-                 *, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
-  """Fixed-order batches of a whole split; the last is padded (``weight`` 0).
-
-  With several processes each yields its contiguous slice of every global batch.
-  """
-  n = len(arrays["label"])
-  local = batch_size // process_count
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, start + batch_size)
-    idx = idx[process_index * local:(process_index + 1) * local]
-    weight = (idx < n).astype(np.float32)
-    idx = np.minimum(idx, n - 1)
-    yield {"image": to_model_input(arrays["image"][idx], in_channels),
-           "mask": arrays["mask"][idx].astype(np.float32),
-           "label": arrays["label"][idx],
-           "has_mask": np.full((len(idx),), float(has_mask), np.float32),
-           "weight": weight}

@@ -13,6 +13,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 
 from lib import checkpoint, data, models, parallel, torch_weights, train_step
 
@@ -132,6 +133,30 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a work directory of train.py?")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def parse_checkpoints(value) -> list[str]:
+  """``--config.checkpoints=RUN1,RUN2`` (train.py work dirs) as a list; stops when empty."""
+  checkpoints = [c.strip() for c in str(value or "").split(",") if c.strip()]
+  if not checkpoints:
+    raise ValueError("No checkpoints: pass --config.checkpoints=RUN1,RUN2 (train.py work dirs).")
+  return checkpoints
+
+
+def check_eps(eps, where: str = "eps") -> float:
+  """An attack budget in pixel units: a finite number in [0, 1] (images are in [0, 1]).
+  Values above 1 that look like 0-255 units get a hint (8 -> 8/255 = 0.0314)."""
+  try:
+    value = float(eps)
+  except (TypeError, ValueError):
+    raise ValueError(f"{where}: {eps!r} is not a number.") from None
+  if not np.isfinite(value) or value < 0:
+    raise ValueError(f"{where}: eps {eps!r} must be a finite number >= 0 (pixels are in [0, 1]).")
+  if value > 1:
+    hint = (f" It looks like 0-255 units: use {value:g}/255 = {value / 255:.4f}."
+            if value <= 255 else "")
+    raise ValueError(f"{where}: eps {value:g} is above 1, but pixels are in [0, 1].{hint}")
+  return value
 
 
 CHECKPOINT_CHOICES = ("best", "latest")

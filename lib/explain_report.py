@@ -9,46 +9,60 @@ same table as rows ``uniform map`` and ``centre point``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import time
+from typing import Any
 
 import jax
 import numpy as np
 
-from lib import data, experiment, metrics, models, report, saliency
+from lib import data, experiment, metrics, models, parallel, report, saliency
 
 SUMMARY_COLUMNS = ("model", "method", "images_per_s", "lesion_energy", "pointing_game",
                    "top10_iou", "total_variation", "gini", "entropy", "deletion_auc",
                    "insertion_auc", "n")
 
 
-def compile_method(model, method: str, config):
-  """Two jitted functions for one method: ``maps(variables, x, labels, key) -> (maps,
-  target)`` (the explained class is the prediction, ``config.target="pred"``, or the
-  label) and ``faithfulness(variables, x, maps, target) -> deletion/insertion AUCs``.
-  They are separate so that images/s measures the explanation alone."""
+TARGETS = {"pred": "the predicted class", "label": "the true label"}
 
-  def maps_fn(variables, x, labels, key):
-    fns = models.model_fns(model, variables)
+
+def check_config(config) -> None:
+  """Method names (:data:`lib.saliency.METHODS`) and the target, before anything runs."""
+  for method in config.methods:
+    saliency.METHODS[method]
+  if config.target not in TARGETS:
+    raise ValueError(f"target must be one of {sorted(TARGETS)}, got {config.target!r}")
+
+
+def compile_method(model, method: str, config, mesh):
+  """Two functions for one method, for :func:`lib.parallel.map_batches` on ``mesh``:
+  ``maps(variables, key, {"x", "labels"}, start) -> (maps, target)`` (the explained class
+  is the prediction, ``config.target="pred"``, or the label; the batch's key is
+  ``fold_in(key, start)``) and ``faithfulness(variables, {"x", "maps", "target"}, start) ->
+  deletion/insertion AUCs``. They are separate so that images/s measures the explanation
+  alone."""
+
+  def maps_fn(variables, key, batch, start):
+    x, fns = batch["x"], models.model_fns(model, variables)
     if config.target == "label":
-      target = labels
-    elif config.target == "pred":
-      target = saliency.predicted_class(fns.logits_fn, x)
+      target = batch["labels"]
     else:
-      raise ValueError(f"target must be 'pred' or 'label', got {config.target!r}")
-    maps = saliency.explain(method, fns, x, target, key=key,
+      target = saliency.predicted_class(fns.logits_fn, x)
+    maps = saliency.explain(method, fns, x, target, key=jax.random.fold_in(key, start),
                             smoothgrad_samples=config.smoothgrad_samples,
                             smoothgrad_sigma=config.smoothgrad_sigma, ig_steps=config.ig_steps)
     return maps, target
 
-  def faithfulness_fn(variables, x, maps, target):
+  def faithfulness_fn(variables, batch, start):
+    del start
     fns = models.model_fns(model, variables)
-    out = metrics.deletion_insertion(fns.logits_fn, x, maps, target, config.deletion_steps)
+    out = metrics.deletion_insertion(fns.logits_fn, batch["x"], batch["maps"], batch["target"],
+                                     config.deletion_steps)
     return {k: v for k, v in out.items() if k.endswith("auc")}
 
-  return jax.jit(maps_fn), jax.jit(faithfulness_fn)
+  return parallel.jit_batched(maps_fn, mesh, 2), parallel.jit_batched(faithfulness_fn, mesh, 1)
 
 
 def map_quality(maps, masks, has_masks: bool, top_fraction: float) -> dict:
@@ -62,7 +76,21 @@ def map_quality(maps, masks, has_masks: bool, top_fraction: float) -> dict:
   return out
 
 
-def explain_checkpoint(workdir_ckpt: str, config, restored=None):
+@dataclasses.dataclass(frozen=True)
+class CheckpointExplanation:
+  """What :func:`explain_checkpoint` found for one checkpoint: its ``train_config``, the
+  explained images (``arrays``) and whether their data set ``has_masks``; per method, the
+  per-image quality metrics (``per_method``: :func:`map_quality`, plus deletion / insertion
+  AUCs with ``config.faithfulness``), the ``maps`` (N, H, W) and the ``timing`` (images/s)."""
+  train_config: Any
+  arrays: dict
+  has_masks: bool
+  per_method: dict
+  maps: dict
+  timing: dict
+
+
+def explain_checkpoint(workdir_ckpt: str, config, restored=None) -> CheckpointExplanation:
   """Maps and per-image metrics of every method for one checkpoint. ``restored``:
   ``(train_config, model, variables, arrays)`` already in memory (else read here)."""
   if restored is None:
@@ -74,31 +102,35 @@ def explain_checkpoint(workdir_ckpt: str, config, restored=None):
   has_masks = data.DATASETS[train_config.data.name].has_masks
   n, bs = len(arrays["label"]), config.batch_size
   key = jax.random.PRNGKey(config.seed)
+  mesh = parallel.make_mesh(config.get("num_devices", 0))
+  in_channels = train_config.model.in_channels
+  to_input = lambda b: {**b, "x": data.to_model_input(b.pop("image"), in_channels)}
   per_method, all_maps, timing = {}, {}, {}
   for method in config.methods:
-    maps_fn, faithfulness_fn = compile_method(model, method, config)
-    chunks, faiths = [], []
+    maps_fn, faithfulness_fn = compile_method(model, method, config, mesh)
+    chunks, targets = [], []
     t_total, images_timed = 0.0, 0
-    for b, (start, idx) in enumerate(data.padded_batches(n, bs)):
-      x = data.to_model_input(arrays["image"][idx], train_config.model.in_channels)
-      t0 = time.time()
-      maps, target = jax.block_until_ready(
-          maps_fn(variables, x, arrays["label"][idx], jax.random.fold_in(key, start)))
+    for b, (_, _, (maps, target), seconds) in enumerate(parallel.iterate_batches(
+        maps_fn, {"image": arrays["image"], "labels": arrays["label"]}, batch_size=bs,
+        mesh=mesh, args=(variables, key), prepare=to_input)):
       if b > 0 or n <= bs:  # the first call compiles
-        t_total += time.time() - t0
+        t_total += seconds
         images_timed += bs
-      chunks.append(np.asarray(maps))
-      if config.faithfulness:
-        faiths.append(jax.device_get(faithfulness_fn(variables, x, maps, target)))
+      chunks.append(maps)
+      targets.append(target)
     maps = np.concatenate(chunks)[:n]
     q = map_quality(maps, arrays["mask"], has_masks, config.top_fraction)
-    for k in (faiths[0] if faiths else {}):
-      q[k] = np.concatenate([f[k] for f in faiths])[:n]
+    if config.faithfulness:
+      q.update(parallel.map_batches(
+          faithfulness_fn, {"image": arrays["image"], "maps": maps,
+                            "target": np.concatenate(targets)[:n]},
+          batch_size=bs, mesh=mesh, args=(variables,), prepare=to_input))
     per_method[method] = q
     all_maps[method] = maps
     timing[method] = images_timed / t_total if t_total > 0 else float("nan")
     logging.info("%s: %s %.1f images/s", os.path.basename(workdir_ckpt), method, timing[method])
-  return train_config, arrays, has_masks, per_method, all_maps, timing
+  return CheckpointExplanation(train_config=train_config, arrays=arrays, has_masks=has_masks,
+                               per_method=per_method, maps=all_maps, timing=timing)
 
 
 def summarise(model_name, per_method, timing, arrays, has_masks) -> list[dict]:
@@ -147,13 +179,14 @@ def compare_models(results: dict, metrics_to_compare=("lesion_energy", "total_va
 
 def run_explain(config, workdir: str) -> list[dict]:
   experiment.check_which(config.which)      # before anything is written
+  checkpoints = experiment.parse_checkpoints(config.checkpoints)
+  check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  checkpoints = [c for c in str(config.checkpoints).split(",") if c]
-  if not checkpoints:
-    raise ValueError("No checkpoints: pass --config.checkpoints=RUN1,RUN2 (train.py work dirs).")
   rows, per_image, results = [], [], {}
   for name, ckpt in zip(experiment.run_names(checkpoints), checkpoints):
-    train_config, arrays, has_masks, per_method, maps, timing = explain_checkpoint(ckpt, config)
+    explained = explain_checkpoint(ckpt, config)
+    train_config, arrays, has_masks = explained.train_config, explained.arrays, explained.has_masks
+    per_method, maps, timing = explained.per_method, explained.maps, explained.timing
     results[name] = {"arrays": arrays, "maps": maps, "per_method": per_method,
                      "class_names": data.class_names(train_config.data)}
     rows += summarise(name, per_method, timing, arrays, has_masks)
@@ -179,7 +212,7 @@ def run_explain(config, workdir: str) -> list[dict]:
   table = report.write_table(rows, os.path.join(workdir, "summary"), SUMMARY_COLUMNS)
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write("# Explanation maps and their quality\n\n"
-            f"Split `{config.split}`, target: the predicted class. Means over images; "
+            f"Split `{config.split}`, target: {TARGETS[config.target]}. Means over images; "
             "lesion energy = fraction of the map's mass inside the lesion mask, pointing game = "
             "map maximum inside the mask, top10_iou = IoU of the top 10 % pixels with the mask, "
             "total variation (lower = smoother), Gini (higher = sparser), entropy (lower = "

@@ -16,6 +16,12 @@ Grad-CAM or the gradient map), compared with the map of the clean image, which i
     lesion (:func:`displaced_blob`), which would mislead a biopsy location (Dombrowski et
     al. 2019, "manipulated explanations").
 
+Objectives are registered in :data:`OBJECTIVES` (one decorated function ``clean maps ->
+(map -> (B,))``; :func:`register_objective`), map methods come from
+:data:`lib.saliency.METHODS` (those marked ``attackable``), and the attack itself is the
+registered attack ``"explanation"`` of :data:`lib.attacks.ATTACKS`, so sweeps and
+studies take new objectives and methods by name.
+
 Two modes of the label:
   * ``"keep"``: the objective minus ``ce_weight`` x the cross-entropy toward the clean
     prediction y0; the map explains y0 throughout. The engine returns, per example, the
@@ -40,40 +46,35 @@ derivatives; a prototype saw no gain from the surrogate there (median Spearman 0
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
-from lib import attacks, saliency
+from lib import attacks, metrics, registry, saliency
 
 Array = jax.Array
 
-MAP_METHODS = ("grad_cam", "grad_cam_pp", "gradient", "smoothgrad")
-OBJECTIVES = ("dissimilarity", "top_k", "center_of_mass", "targeted")
 MODES = ("keep", "flip")
 _TINY = 1e-12
 
 
+def map_methods() -> tuple:
+  """The explanation methods an explanation attack may target."""
+  return saliency.METHODS.names(attackable=True)
+
+
 # ----------------------------------------------------------------------------- map measures
-# Differentiable (jnp) counterparts of lib/metrics.py's host-side map metrics.
+# Differentiable; Pearson, cosine and centre of mass are lib/metrics.py's (one
+# implementation for jitted objectives and host-side tables).
+
+pearson = metrics.pearson
+cosine = metrics.cosine
 
 
 def _flat(m):
   return m.reshape(m.shape[0], -1)
-
-
-def pearson(a, b) -> Array:
-  """Per-example Pearson correlation of two batches of maps."""
-  a, b = _flat(a), _flat(b)
-  a = a - a.mean(1, keepdims=True)
-  b = b - b.mean(1, keepdims=True)
-  return (a * b).sum(1) / jnp.sqrt((a ** 2).sum(1) * (b ** 2).sum(1) + _TINY)
-
-
-def cosine(a, b) -> Array:
-  a, b = _flat(a), _flat(b)
-  return (a * b).sum(1) / jnp.sqrt((a ** 2).sum(1) * (b ** 2).sum(1) + _TINY)
 
 
 def _unit_mean(m):
@@ -81,15 +82,18 @@ def _unit_mean(m):
   return f / (f.mean(1, keepdims=True) + _TINY)
 
 
-def dissimilarity(a, b, kind: str = "pearson") -> Array:
+DISSIMILARITIES = ("pearson", "cosine", "mse")
+
+
+def dissimilarity(a, b, distance: str = "pearson") -> Array:
   """``1 - pearson``, ``1 - cosine`` or ``mse`` of the maps scaled to mean 1, per example."""
-  if kind == "pearson":
+  if distance == "pearson":
     return 1.0 - pearson(a, b)
-  if kind == "cosine":
+  if distance == "cosine":
     return 1.0 - cosine(a, b)
-  if kind == "mse":
+  if distance == "mse":
     return ((_unit_mean(a) - _unit_mean(b)) ** 2).mean(1)
-  raise ValueError(f"Unknown dissimilarity {kind!r}; use 'pearson', 'cosine' or 'mse'.")
+  raise ValueError(f"Unknown map distance {distance!r}; use one of {DISSIMILARITIES}.")
 
 
 def top_k_region(m, k: float) -> Array:
@@ -108,11 +112,7 @@ def mass_in(m, region) -> Array:
 
 def center_of_mass(m) -> Array:
   """(B, 2) centre of mass (row, col) of non-negative maps, in fractions of the image size."""
-  m = jnp.maximum(m, 0.0)
-  total = m.sum(axis=(1, 2)) + _TINY
-  rows = (jnp.arange(m.shape[1]) + 0.5) / m.shape[1]
-  cols = (jnp.arange(m.shape[2]) + 0.5) / m.shape[2]
-  return jnp.stack([(m.sum(2) * rows).sum(1) / total, (m.sum(1) * cols).sum(1) / total], 1)
+  return metrics.center_of_mass(jnp.asarray(m), fraction=True)
 
 
 def displaced_blob(m0, sigma: float = 0.12) -> Array:
@@ -131,24 +131,53 @@ def displaced_blob(m0, sigma: float = 0.12) -> Array:
 
 
 # ----------------------------------------------------------------------------- objectives
+# ``objective(m0, *, kind, top_k, target_map) -> (m -> (B,))`` to maximise, given the clean
+# maps ``m0`` (fixed); each takes the options it needs.
+
+OBJECTIVES = registry.Registry("explanation objective")
 
 
-def map_objective(objective: str, m0, *, kind: str = "pearson", top_k: float = 0.05,
-                  target_map: Optional[Array] = None) -> Callable[[Array], Array]:
-  """``m -> (B,)`` to maximise, given the clean maps ``m0`` (fixed)."""
-  m0 = jax.lax.stop_gradient(m0)
-  if objective == "dissimilarity":
-    return lambda m: dissimilarity(m, m0, kind)
-  if objective == "top_k":
-    region = top_k_region(m0, top_k)
-    return lambda m: 1.0 - mass_in(m, region)
-  if objective == "center_of_mass":
-    c0 = center_of_mass(m0)
-    return lambda m: jnp.sqrt(((center_of_mass(m) - c0) ** 2).sum(1) + _TINY)
-  if objective == "targeted":
-    target = displaced_blob(m0) if target_map is None else jax.lax.stop_gradient(target_map)
-    return lambda m: -dissimilarity(m, target, kind)
-  raise ValueError(f"Unknown objective {objective!r}; choose from {OBJECTIVES}.")
+def register_objective(name: str, *, replace: bool = False):
+  """Decorator: registers ``fn(m0, **options) -> (m -> (B,))``, a differentiable measure of
+  how far the attacked map ``m`` got from the clean maps ``m0`` (higher = better attack);
+  options among ``distance``, ``top_k``, ``target_map``."""
+  return OBJECTIVES.register(name, replace=replace)
+
+
+@register_objective("dissimilarity")
+def _dissimilarity(m0, *, distance: str = "pearson"):
+  """A distance between the clean and the attacked map (the BUSI Grad-CAM attack)."""
+  return lambda m: dissimilarity(m, m0, distance)
+
+
+@register_objective("top_k")
+def _top_k(m0, *, top_k: float = 0.05):
+  """Mass outside the clean map's top-k pixels (Ghorbani et al. 2019, "top-k attack")."""
+  region = top_k_region(m0, top_k)
+  return lambda m: 1.0 - mass_in(m, region)
+
+
+@register_objective("center_of_mass")
+def _center_of_mass(m0):
+  """Distance between the maps' centres of mass in image sizes (Ghorbani et al. 2019)."""
+  c0 = center_of_mass(m0)
+  return lambda m: jnp.sqrt(((center_of_mass(m) - c0) ** 2).sum(1) + _TINY)
+
+
+@register_objective("targeted")
+def _targeted(m0, *, distance: str = "pearson", target_map=None):
+  """Minus the distance to a target map (default :func:`displaced_blob`; Dombrowski et
+  al. 2019, "manipulated explanations")."""
+  target = displaced_blob(m0) if target_map is None else jax.lax.stop_gradient(target_map)
+  return lambda m: -dissimilarity(m, target, distance)
+
+
+def map_objective(objective: str, m0, **options) -> Callable[[Array], Array]:
+  """``m -> (B,)`` to maximise, given the clean maps ``m0`` (fixed); ``options`` (``distance``,
+  ``top_k``, ``target_map``) go to the objectives that take them."""
+  entry = OBJECTIVES[objective]
+  return entry(jax.lax.stop_gradient(m0),
+               params={k: v for k, v in options.items() if k in entry.params})
 
 
 def _maps_and_logits(method, fns, x, target, key, samples, sigma):
@@ -157,46 +186,49 @@ def _maps_and_logits(method, fns, x, target, key, samples, sigma):
   CAMs come *before* their final ReLU: a CAM that is negative everywhere is ReLU-ed to a
   blank map, which has zero correlation with anything, so on the ReLU-ed map every
   dissimilarity has a degenerate optimum that blanks the map instead of moving it (seen
-  on the tiny test model). On the raw CAM, a constant shift changes no correlation."""
-  if method in ("grad_cam", "grad_cam_pp"):  # one forward pass serves both
+  on the tiny test model). On the raw CAM, a constant shift changes no correlation. One
+  forward pass serves the CAM and the logits."""
+  entry = saliency.METHODS[method]
+  if entry.meta["family"] == "cam":
     a = fns.features_fn(x)
-    cam = saliency.grad_cam if method == "grad_cam" else saliency.grad_cam_pp
-    return cam(lambda _: a, fns.head_fn, x, target, relu=False), fns.head_fn(a)
+    shared = dataclasses.replace(fns, features_fn=lambda _: a)
+    return entry(shared, x, target, params={"relu": False}), fns.head_fn(a)
   m = saliency.explain(method, fns, x, target, key=key, smoothgrad_samples=samples,
                        smoothgrad_sigma=sigma)
   return m, fns.logits_fn(x)
 
 
-def explanation_loss(fns, x, y0, *, method: str = "grad_cam", objective: str = "dissimilarity",
-                     mode: str = "keep", kind: str = "pearson", ce_weight: float = 1.0,
-                     top_k: float = 0.05, target_map=None, surrogate=None, beta: float = 10.0,
-                     beta_final: Optional[float] = None, key=None, smoothgrad_samples: int = 4,
-                     smoothgrad_sigma: float = 0.1):
+def explanation_objective(fns, x, y0, *, method: str = "grad_cam",
+                          objective: str = "dissimilarity", mode: str = "keep",
+                          distance: str = "pearson", ce_weight: float = 1.0, top_k: float = 0.05,
+                          target_map=None, surrogate_fns=None, beta: float = 10.0,
+                          beta_final: Optional[float] = None, key=None,
+                          smoothgrad_samples: int = 4, smoothgrad_sigma: float = 0.1):
   """The engine's ``(x_adv, t) -> (loss, score, feasible)`` for one explanation attack.
 
   ``loss`` (what the gradient follows) is the objective of the surrogate's map (or the
-  model's, without ``surrogate``) -/+ ``ce_weight`` x CE(y0); ``score`` is the objective
+  model's, without ``surrogate_fns``) -/+ ``ce_weight`` x CE(y0); ``score`` is the objective
   of the real model's map and ``feasible`` whether the real model keeps (``keep``) or
-  leaves (``flip``) y0. ``surrogate(beta) -> ModelFns`` gives the softplus copy; beta
+  leaves (``flip``) y0. ``surrogate_fns(beta) -> ModelFns`` gives the softplus copy; beta
   goes geometrically from ``beta`` to ``beta_final`` as t goes from 0 to 1.
   """
-  if method not in MAP_METHODS:
-    raise ValueError(f"Unknown map method {method!r}; choose from {MAP_METHODS}.")
+  if method not in map_methods():
+    raise ValueError(f"Explanation attacks target {map_methods()}, not {method!r}.")
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   key = jax.random.PRNGKey(0) if key is None else key  # SmoothGrad: the same noise every step
   explain = lambda f, xx, target: _maps_and_logits(method, f, xx, target, key,
                                                    smoothgrad_samples, smoothgrad_sigma)
   m0, _ = explain(fns, x, y0)
-  measure = map_objective(objective, m0, kind=kind, top_k=top_k, target_map=target_map)
+  measure = map_objective(objective, m0, distance=distance, top_k=top_k, target_map=target_map)
   map_target = y0 if mode == "keep" else None
   ce_sign = -1.0 if mode == "keep" else 1.0
 
-  def loss_fn(x_adv, t):
+  def objective_fn(x_adv, t):
     m, logits = explain(fns, x_adv, map_target)
-    if surrogate is not None:
+    if surrogate_fns is not None:
       b = beta if beta_final is None else beta * (beta_final / beta) ** t
-      m_grad, logits_grad = explain(surrogate(b), x_adv, map_target)
+      m_grad, logits_grad = explain(surrogate_fns(b), x_adv, map_target)
     else:
       m_grad, logits_grad = m, logits
     loss = measure(m_grad) + ce_sign * ce_weight * attacks.cross_entropy(logits_grad, y0)
@@ -204,33 +236,65 @@ def explanation_loss(fns, x, y0, *, method: str = "grad_cam", objective: str = "
     feasible = kept if mode == "keep" else ~kept
     return loss, jax.lax.stop_gradient(measure(m)), feasible
 
-  return loss_fn
+  return objective_fn
 
 
-def explanation_attack(fns, x, *, eps, step_size, steps: int, method: str = "grad_cam",
+def _label(p) -> list:
+  """``grad_cam-keep-50``, ``gradient-top_k-30-softplus``, ``grad_cam-keep-50-adam-r3``..."""
+  dissim = p["objective"] == "dissimilarity"
+  parts = [p["method"], p["mode"] if dissim else p["objective"]]
+  if not dissim and p["mode"] != "keep":
+    parts.append(p["mode"])
+  if p["distance"] != "pearson":
+    parts.append(p["distance"])
+  parts.append(str(p["steps"]))
+  if p["step_rule"] != "sign":
+    parts.append(p["step_rule"])
+  if p["surrogate"]:
+    parts.append("softplus")
+  if p["norm"] != "linf":
+    parts.append(p["norm"])
+  if p["restarts"] > 1:
+    parts.append(f"r{p['restarts']}")
+  return parts
+
+
+@attacks.register_attack("explanation", family="explanation", label=_label,
+                         renamed={"kind": "distance"})
+def explanation_attack(fns, x, y=None, *, eps, steps: int, step_size=None,
+                       step_size_factor: float = 0.25, method: str = "grad_cam",
                        objective: str = "dissimilarity", mode: str = "keep",
-                       kind: str = "pearson", ce_weight: float = 1.0, top_k: float = 0.05,
-                       target_map=None, surrogate=None, beta: float = 10.0,
-                       beta_final: Optional[float] = None, step_rule: str = "sign",
-                       step_schedule: str = "constant", random_init: bool = True,
-                       restarts: int = 1, key=None, norm: str = "linf",
-                       smoothgrad_samples: int = 4, smoothgrad_sigma: float = 0.1,
-                       unroll=None) -> Array:
+                       distance: str = "pearson", ce_weight: float = 1.0, top_k: float = 0.05,
+                       target_map=None, surrogate: bool = False, surrogate_fns=None,
+                       beta: float = 10.0, beta_final: Optional[float] = None,
+                       step_rule: str = "sign", step_schedule: str = "constant",
+                       random_init: bool = True, restarts: int = 1, key=None,
+                       norm: str = "linf", smoothgrad_samples: int = 4,
+                       smoothgrad_sigma: float = 0.1, unroll: int = 1) -> Array:
   """Perturbs ``x`` within eps so that the ``method`` map changes (see the module doc).
 
   ``fns`` are the real model's :class:`lib.models.ModelFns` (``logits_fn`` and, for CAMs,
-  ``features_fn``/``head_fn``); y0 is its prediction on ``x``. ``surrogate``: optional
-  ``beta -> ModelFns`` of the softplus copy (:func:`lib.models.surrogate_fns`). The rest
-  are the engine's arguments (:func:`lib.attacks.projected_gradient`).
+  ``features_fn``/``head_fn``); y0 is its prediction on ``x`` (``y`` is not used: the
+  attack keeps or flips the model's own prediction). ``surrogate``: take the gradient
+  through the softplus copy ``surrogate_fns(beta) -> ModelFns``
+  (:func:`lib.models.surrogate_fns`). The step is ``step_size`` or ``step_size_factor`` x
+  eps; the rest are the engine's options (:func:`lib.attacks.projected_gradient`).
   """
+  del y
+  if surrogate and surrogate_fns is None:
+    raise ValueError("surrogate=True needs surrogate_fns (lib.models.surrogate_fns(model, "
+                     "variables)).")
   key = jax.random.PRNGKey(0) if key is None else key
   y0 = saliency.predicted_class(fns.logits_fn, x)
-  loss_fn = explanation_loss(
-      fns, x, y0, method=method, objective=objective, mode=mode, kind=kind, ce_weight=ce_weight,
-      top_k=top_k, target_map=target_map, surrogate=surrogate, beta=beta, beta_final=beta_final,
-      key=jax.random.fold_in(key, 1), smoothgrad_samples=smoothgrad_samples,
-      smoothgrad_sigma=smoothgrad_sigma)
+  objective_fn = explanation_objective(
+      fns, x, y0, method=method, objective=objective, mode=mode, distance=distance,
+      ce_weight=ce_weight,
+      top_k=top_k, target_map=target_map, surrogate_fns=surrogate_fns if surrogate else None,
+      beta=beta, beta_final=beta_final, key=jax.random.fold_in(key, 1),
+      smoothgrad_samples=smoothgrad_samples, smoothgrad_sigma=smoothgrad_sigma)
+  size = step_size_factor * eps if step_size is None else step_size
   return attacks.projected_gradient(
-      loss_fn, x, eps=eps, step_size=step_size, steps=steps, norm=norm, step_rule=step_rule,
-      step_schedule=step_schedule, random_init=random_init, key=key, restarts=restarts,
-      has_aux=True, progress_arg=True, unroll=unroll)
+      objective_fn, x, eps=eps, steps=steps, norm=norm,
+      step=attacks.Step(step_rule, size, step_schedule),
+      start=attacks.Start(random=random_init, restarts=restarts, clean_candidate=True),
+      key=key, unroll=unroll)

@@ -1,4 +1,8 @@
-"""Metrics of classifiers and segmentations (host-side numpy).
+"""Metrics of classifiers, segmentations, perturbations and saliency maps.
+
+Classification and segmentation metrics are host-side numpy; perturbation metrics are
+JAX (they run inside the compiled attack functions); the map measures shared with the
+explanation attacks (Pearson, cosine, centre of mass) run on either (:func:`_xp`).
 
 Binary tasks treat class index 1 as positive (malignant, tumour): sensitivity is its
 recall (true-positive rate), specificity the recall of the others (true-negative rate).
@@ -12,39 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
-  """Area under the ROC curve = P(score of a positive > score of a negative), ties 1/2."""
-  scores = np.asarray(scores, np.float64)
-  positives = np.asarray(positives, bool)
-  n_pos, n_neg = positives.sum(), (~positives).sum()
-  if n_pos == 0 or n_neg == 0:
-    return float("nan")
-  order = np.argsort(scores, kind="mergesort")
-  ranks = np.empty(len(scores), np.float64)
-  sorted_scores = scores[order]
-  # Average ranks over ties.
-  _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-  avg = first + (counts - 1) / 2.0 + 1.0
-  ranks[order] = np.repeat(avg, counts)
-  return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def sensitivity_at_specificity(scores: np.ndarray, positives: np.ndarray,
-                               specificity: float) -> float:
-  """The ROC curve's sensitivity where specificity first reaches ``specificity``: an image
-  is called positive when its score exceeds the cut, and the cut is the lowest one (a
-  negative's score, ties called negative) that keeps that share of negatives below it.
-  Unlike sensitivity at the argmax, it does not depend on where a model's scores sit, so
-  two models are compared at the same specificity."""
-  scores = np.asarray(scores, np.float64)
-  positives = np.asarray(positives, bool)
-  if positives.all() or not positives.any():
-    return float("nan")
-  neg = np.sort(scores[~positives])
-  cuts = np.concatenate([[-np.inf], np.unique(neg)])
-  reached = np.searchsorted(neg, cuts, side="right") / len(neg) >= specificity - 1e-12
-  return float((scores[positives] > cuts[np.argmax(reached)]).mean())
+# Host-side numpy, importable without JAX (lib/classifier_metrics.py), re-exported here.
+from lib.classifier_metrics import (classification_metrics, roc_auc,  # noqa: F401
+                                    sensitivity_at_specificity)
 
 
 def dice_score(pred_mask: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -53,24 +27,6 @@ def dice_score(pred_mask: np.ndarray, mask: np.ndarray) -> np.ndarray:
   inter = (pred_mask & mask).sum(axis=(1, 2))
   total = pred_mask.sum(axis=(1, 2)) + mask.sum(axis=(1, 2))
   return np.where(total > 0, 2.0 * inter / np.maximum(total, 1), 1.0)
-
-
-def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
-  """accuracy, sensitivity, specificity, balanced accuracy and ROC AUC."""
-  probs, labels = np.asarray(probs), np.asarray(labels)
-  num_classes = probs.shape[-1]
-  pred = probs.argmax(-1)
-  out = {"accuracy": float((pred == labels).mean()), "n": int(len(labels))}
-  recalls = [float((pred[labels == c] == c).mean()) for c in range(num_classes) if (labels == c).any()]
-  out["balanced_accuracy"] = float(np.mean(recalls))
-  pos = labels == 1
-  out["sensitivity"] = float((pred[pos] == 1).mean()) if pos.any() else float("nan")
-  out["specificity"] = float((pred[~pos] != 1).mean()) if (~pos).any() else float("nan")
-  if num_classes == 2:
-    out["auc"] = roc_auc(probs[:, 1], pos)
-  else:
-    out["auc"] = float(np.nanmean([roc_auc(probs[:, c], labels == c) for c in range(num_classes)]))
-  return out
 
 
 def segmentation_metrics(mask_probs: np.ndarray, masks: np.ndarray, has_mask: np.ndarray) -> dict:
@@ -133,29 +89,48 @@ def perturbation_metrics(x, x_adv) -> dict:
 # Host-side numpy on maps (B, H, W); each returns one value per example.
 
 
-def _flat(m):
-  m = np.asarray(m, np.float64)
+def _xp(*arrays):
+  """The array module of a map measure: ``jax.numpy`` for JAX arrays (inside ``jit`` and
+  ``grad``: the explanation attacks' objectives), numpy in float64 for anything else (the
+  host-side tables). One implementation serves both."""
+  return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+def _flat(m, xp=np):
+  if xp is np:
+    m = np.asarray(m, np.float64)
   return m.reshape(m.shape[0], -1)
 
 
-def pearson(a, b) -> np.ndarray:
-  a, b = _flat(a), _flat(b)
+def _ratio(xp, num, den2):
+  """num / sqrt(den2): on the host exactly, 0 where den2 = 0; under JAX with a tiny
+  offset inside the root, so that the gradient stays finite on a constant map."""
+  if xp is np:
+    den = np.sqrt(den2)
+    return np.where(den > 0, num / np.maximum(den, 1e-30), 0.0)
+  return num / jnp.sqrt(den2 + 1e-12)
+
+
+def pearson(a, b):
+  """Per-example Pearson correlation of two batches of maps (0 where one is constant)."""
+  xp = _xp(a, b)
+  a, b = _flat(a, xp), _flat(b, xp)
   a = a - a.mean(1, keepdims=True)
   b = b - b.mean(1, keepdims=True)
-  den = np.sqrt((a ** 2).sum(1) * (b ** 2).sum(1))
-  return np.where(den > 0, (a * b).sum(1) / np.maximum(den, 1e-30), 0.0)
+  return _ratio(xp, (a * b).sum(1), (a ** 2).sum(1) * (b ** 2).sum(1))
 
 
 def spearman(a, b) -> np.ndarray:
-  """Spearman rank correlation with average ranks for ties (CAMs have many zeros)."""
+  """Spearman rank correlation with average ranks for ties (CAMs have many zeros); host."""
   from scipy.stats import rankdata
   return pearson(rankdata(_flat(a), axis=1), rankdata(_flat(b), axis=1))
 
 
-def cosine(a, b) -> np.ndarray:
-  a, b = _flat(a), _flat(b)
-  den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-  return np.where(den > 0, (a * b).sum(1) / np.maximum(den, 1e-30), 0.0)
+def cosine(a, b):
+  """Per-example cosine similarity of two batches of maps (0 where one is all zero)."""
+  xp = _xp(a, b)
+  a, b = _flat(a, xp), _flat(b, xp)
+  return _ratio(xp, (a * b).sum(1), (a ** 2).sum(1) * (b ** 2).sum(1))
 
 
 def _top_k_sets(m, k):
@@ -180,13 +155,19 @@ def map_ssim(a, b) -> np.ndarray:
                          jnp.asarray(norm(b).reshape(shape)[..., None], jnp.float32)))
 
 
-def center_of_mass(m) -> np.ndarray:
-  """(row, col) of each non-negative map's centre of mass, in pixels, (B, 2)."""
-  m = np.clip(np.asarray(m, np.float64), 0, None)
-  total = np.maximum(m.sum(axis=(1, 2)), 1e-30)
-  rows = np.arange(m.shape[1])[None, :, None]
-  cols = np.arange(m.shape[2])[None, None, :]
-  return np.stack([(m * rows).sum(axis=(1, 2)) / total, (m * cols).sum(axis=(1, 2)) / total], 1)
+def center_of_mass(m, *, fraction: bool = False):
+  """(row, col) of each non-negative map's centre of mass, (B, 2): in pixels (pixel
+  centres at integer indices), or with ``fraction`` in fractions of the image size
+  ((pixels + 0.5) / size: the centre of the image is (0.5, 0.5))."""
+  xp = _xp(m)
+  m = xp.maximum(m if xp is jnp else np.asarray(m, np.float64), 0.0)
+  total = m.sum(axis=(1, 2))
+  total = np.maximum(total, 1e-30) if xp is np else total + 1e-12
+  rows = xp.arange(m.shape[1]) + (0.5 if fraction else 0.0)
+  cols = xp.arange(m.shape[2]) + (0.5 if fraction else 0.0)
+  if fraction:
+    rows, cols = rows / m.shape[1], cols / m.shape[2]
+  return xp.stack([(m.sum(2) * rows).sum(1) / total, (m.sum(1) * cols).sum(1) / total], 1)
 
 
 def center_of_mass_shift(a, b) -> np.ndarray:

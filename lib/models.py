@@ -7,7 +7,7 @@ torchvision "v1.5" layout, so torchvision weights map one to one).
 The multi-task variant of the breast-ultrasound study adds a small FPN-style decoder
 over the encoder stages that predicts the lesion mask at input resolution.
 
-Contracts (DESIGN.md):
+Contracts (docs/DESIGN.md):
   * images are float32 in [0, 1], NHWC; normalisation happens inside the model, so
     every attack budget is in pixel units;
   * the model exposes pure eval-mode functions (BatchNorm running statistics, no state
@@ -38,7 +38,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lib import xla_cpu
+
 Array = jax.Array
+
+# The XLA:CPU convolution our ResNets are built with; it lives in lib/xla_cpu.py with the
+# other XLA:CPU work-arounds, and this name is kept for existing code.
+conv_general_dilated = xla_cpu.conv_general_dilated
 
 CAM_LAYERS = ("last", "penultimate", "dilated")
 
@@ -50,119 +56,6 @@ def make_activation(name: str, beta: float = 10.0) -> Callable[[Array], Array]:
   if name == "softplus":
     return lambda x: jax.nn.softplus(beta * x) / beta
   raise ValueError(f"Unknown activation {name!r}; use 'relu' or 'softplus'.")
-
-
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, *, im2col_max_pixels: int = 64):
-  """``lax.conv_general_dilated`` with two XLA:CPU work-arounds (same parameters, same
-  results up to float rounding; other backends always use XLA's convolution as it is).
-
-  1. A convolution whose output maps have at most ``im2col_max_pixels`` pixels runs as
-     im2col + one matrix product. XLA:CPU picks a very slow algorithm for many channels on
-     small maps: measured on 2 cores, a 3x3 512-channel convolution of 64 maps of 2x2 took
-     2.6 s against 35 ms as im2col + matmul (forward; 4.7 s vs 78 ms with its input
-     gradient), a strided one from 4x4 maps 1.2 s vs 10 ms for the input gradient, 7x7 maps
-     131 vs 30 ms; from 16x16 maps on, XLA's own convolution is faster. The patches are
-     strided slices of the padded input, so gradients are slices, pads and matrix products,
-     which XLA:CPU runs well.
-  2. Every other NHWC convolution gets the gradients of :func:`_canonical_conv`, which
-     XLA:CPU runs on its fast convolution path (see there).
-  """
-  lhs_dilation = tuple(lhs_dilation or (1, 1))
-  rhs_dilation = tuple(rhs_dilation or (1, 1))
-  nhwc = (lhs.ndim == 4 and dimension_numbers == jax.lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
-  if (jax.default_backend() != "cpu" or not nhwc or feature_group_count != 1 or
-      lhs_dilation != (1, 1)):
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        precision=precision)
-  kh, kw, cin, cout = rhs.shape
-  dilated = ((kh - 1) * rhs_dilation[0] + 1, (kw - 1) * rhs_dilation[1] + 1)
-  pads = tuple(tuple(p) for p in (
-      jax.lax.padtype_to_pads(lhs.shape[1:3], dilated, window_strides, padding)
-      if isinstance(padding, str) else padding))
-  h = (lhs.shape[1] + sum(pads[0]) - dilated[0]) // window_strides[0] + 1
-  w = (lhs.shape[2] + sum(pads[1]) - dilated[1]) // window_strides[1] + 1
-  if h * w > im2col_max_pixels:
-    return _canonical_conv(lhs, rhs, tuple(window_strides), pads, rhs_dilation, precision)
-  x = jnp.pad(lhs, ((0, 0), pads[0], pads[1], (0, 0)))
-  (sh, sw), (dh, dw), b = window_strides, rhs_dilation, lhs.shape[0]
-  cols = [jax.lax.slice(x, (0, i * dh, j * dw, 0),
-                        (b, i * dh + sh * (h - 1) + 1, j * dw + sw * (w - 1) + 1, cin),
-                        (1, sh, sw, 1))
-          for i in range(kh) for j in range(kw)]
-  patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-  return jnp.matmul(patches, rhs.reshape(kh * kw * cin, cout), precision=precision)
-
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv(x, w, strides, pads, rhs_dilation, precision, lhs_dilation=(1, 1)):
-  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, _NHWC)
-  return jax.lax.conv_general_dilated(x, w, strides, pads, lhs_dilation=lhs_dilation,
-                                      rhs_dilation=rhs_dilation, dimension_numbers=dn,
-                                      precision=precision)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def _canonical_conv(x, w, strides, pads, rhs_dilation, precision):
-  """An NHWC/HWIO convolution whose gradients XLA:CPU runs on its fast path.
-
-  JAX's own input gradient is a convolution with the kernel's input and output features
-  swapped in the dimension numbers (``01oi``); XLA:CPU runs that layout on a generic path,
-  so inside an attack ResNet-50's input gradient at 224 px took twice its forward pass
-  (bench/resnet_convs.py, bench/RESULTS.md). Here the input gradient is the transposed
-  convolution written with an explicitly flipped and transposed HWIO kernel
-  (:func:`_transposed_conv`); the weight gradient is JAX's.
-  """
-  return _conv(x, w, strides, pads, rhs_dilation, precision)
-
-
-def _canonical_conv_fwd(x, w, strides, pads, rhs_dilation, precision):
-  return _canonical_conv(x, w, strides, pads, rhs_dilation, precision), (x, w)
-
-
-def _canonical_conv_bwd(strides, pads, rhs_dilation, precision, res, g):
-  x, w = res
-  dx = _transposed_conv(g, w, strides, pads, rhs_dilation, precision, x.shape[1:3])
-  _, w_vjp = jax.vjp(lambda v: _conv(x, v, strides, pads, rhs_dilation, precision), w)
-  return dx.astype(x.dtype), w_vjp(g)[0]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _transposed_conv(g, w, strides, pads, rhs_dilation, precision, in_hw):
-  """The input gradient of :func:`_canonical_conv`: the transposed convolution (stride ->
-  input dilation) with the kernel flipped and its feature axes swapped, padded so that the
-  output has the input's size ``in_hw``. Its own gradient (double backprop, the Grad-CAM
-  attacks) is the forward convolution again, so that too stays on XLA:CPU's fast path."""
-  kh, kw = w.shape[:2]
-  tpads = []
-  for i, k in enumerate((kh, kw)):
-    keff = (k - 1) * rhs_dilation[i] + 1
-    lo = keff - 1 - pads[i][0]
-    tpads.append((lo, in_hw[i] + keff - 1 - ((g.shape[1 + i] - 1) * strides[i] + 1) - lo))
-  wt = jnp.flip(w, (0, 1)).swapaxes(2, 3)
-  return _conv(g, wt, (1, 1), tpads, rhs_dilation, precision, lhs_dilation=strides)
-
-
-def _transposed_conv_fwd(g, w, strides, pads, rhs_dilation, precision, in_hw):
-  return _transposed_conv(g, w, strides, pads, rhs_dilation, precision, in_hw), (g, w)
-
-
-def _transposed_conv_bwd(strides, pads, rhs_dilation, precision, in_hw, res, ct):
-  # <transposed_conv(g, w), ct> = <g, conv(ct, w)>: the adjoint is the forward convolution
-  g, w = res
-  dg = _canonical_conv(ct, w, strides, pads, rhs_dilation, precision)
-  _, w_vjp = jax.vjp(lambda v: _conv(ct, v, strides, pads, rhs_dilation, precision), w)
-  return dg.astype(g.dtype), w_vjp(g)[0]
-
-
-_transposed_conv.defvjp(_transposed_conv_fwd, _transposed_conv_bwd)
-_canonical_conv.defvjp(_canonical_conv_fwd, _canonical_conv_bwd)
 
 
 def _pad3(dilation: int):
@@ -298,10 +191,11 @@ class ResNet(nn.Module):
       input only through the strided 1x1 shortcuts, which sample the top-left pixel of
       every 2x2 cell, and its gradient maps pile up in the image's top-left corner.
     im2col_max_pixels: on CPU, convolutions with output maps of at most this many pixels
-      run as im2col + matmul (:func:`conv_general_dilated`; 64 is the measured break-even);
-      0 (default for now) = always XLA's convolution. Opt-in because it changes float
-      rounding, and the tiny synthetic model of the test suite then trains to another
-      optimum on which one explanation-attack test's margin fails; to be re-validated.
+      run as im2col + matmul (:func:`lib.xla_cpu.conv_general_dilated`; 64 is the measured
+      break-even); 0 (default, as the function's) = always XLA's convolution. Opt-in
+      because it changes float rounding, and the tiny synthetic model of the test suite
+      then trains to another optimum on which one explanation-attack test's margin fails;
+      to be re-validated.
   """
   stage_sizes: Sequence[int]
   block: Any
@@ -325,7 +219,7 @@ class ResNet(nn.Module):
       raise ValueError(f"cam_layer must be one of {CAM_LAYERS}, got {self.cam_layer!r}")
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, padding="SAME",
-        conv_general_dilated=functools.partial(conv_general_dilated,
+        conv_general_dilated=functools.partial(xla_cpu.conv_general_dilated,
                                                im2col_max_pixels=self.im2col_max_pixels))
     norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
                              axis_name=self.bn_axis_name)
@@ -453,7 +347,7 @@ def create_model(model_config, *, bn_axis_name: Optional[str] = None, **override
 
 @dataclasses.dataclass(frozen=True)
 class ModelFns:
-  """Pure eval-mode functions of one model and its variables (DESIGN.md contract)."""
+  """Pure eval-mode functions of one model and its variables (docs/DESIGN.md contract)."""
   logits_fn: Callable[[Array], Array]
   features_fn: Callable[[Array], Array]
   head_fn: Callable[[Array], Array]

@@ -11,12 +11,17 @@ axis with ``lax.psum``/``pmean``. :class:`DataParallel` wraps it
   maintenance mode since JAX 0.8; it is kept for comparison and older setups.
 
 Both give the same numbers as one device on the same global batch (tests/test_parallel.py).
+
+Evaluation (validation, test, attack sweeps, explanations, studies) goes through one
+helper, :func:`map_batches`: fixed-size padded batches of host-global arrays, sharded
+over the mesh as global ``jax.Array``s, per-example outputs gathered and trimmed.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+import time
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -104,13 +109,61 @@ class DataParallel:
                             out_specs=(P(), P()), check_vma=False)
     return jax.jit(sharded, donate_argnums=(0,) if donate_state else ())
 
-  def compile_eval(self, eval_fn: Callable) -> Callable:
-    """``(variables, batch) -> outputs`` with the batch sharded (GSPMD), outputs gathered."""
-    jitted = jax.jit(eval_fn, out_shardings=self.replicated)
 
-    def run(variables, batch):
-      variables = jax.device_put(variables, self.replicated)
-      batch = jax.tree_util.tree_map(
-          lambda x: jax.make_array_from_process_local_data(self.sharded, x), batch)
-      return jitted(variables, batch)
-    return run
+# ----------------------------------------------------------------------------- evaluation
+
+
+def padded_batches(n: int, batch_size: int):
+  """``(start, index)`` of every batch of ``n`` items; the last one is padded by repeating
+  the final item, so every batch has one shape (one compilation)."""
+  for start in range(0, n, batch_size):
+    yield start, np.minimum(np.arange(start, start + batch_size), n - 1)
+
+
+def jit_batched(fn: Callable, mesh: Mesh, num_args: int) -> Callable:
+  """``fn(*args, batch, start)`` jitted for :func:`map_batches`: the ``num_args`` leading
+  arguments (weights, eps, keys...) and ``start`` (the batch's first index, int32)
+  replicated, ``batch`` (a pytree of (B, ...) arrays) sharded along its first axis over
+  ``mesh``, the outputs gathered (replicated) so every process can read them."""
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(AXIS))
+  return jax.jit(fn, in_shardings=(replicated,) * num_args + (sharded, replicated),
+                 out_shardings=replicated)
+
+
+def global_batch(mesh: Mesh, batch):
+  """A host-global batch (every process holds all of it) as global arrays sharded over
+  ``mesh``: each process places only the rows its devices hold."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx]), batch)
+
+
+def iterate_batches(fn: Callable, arrays: dict, *, batch_size: int, mesh: Mesh, args=(),
+                    prepare: Callable = lambda b: b) -> Iterator[tuple]:
+  """``(start, index, outputs, seconds)`` per batch of :func:`map_batches` (outputs on the
+  host, padded rows included; ``seconds``: the call until its outputs were ready, without
+  preparing inputs or copying outputs), for callers that time or stream batches."""
+  if batch_size % mesh.size:
+    raise ValueError(f"Batch size {batch_size} is not divisible by the {mesh.size} devices "
+                     "of the mesh; change batch_size or num_devices.")
+  n = len(next(iter(arrays.values())))
+  for start, idx in padded_batches(n, batch_size):
+    batch = global_batch(mesh, prepare({k: v[idx] for k, v in arrays.items()}))
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, batch, np.int32(start)))
+    yield start, idx, jax.device_get(out), time.perf_counter() - t0
+
+
+def map_batches(fn: Callable, arrays: dict, *, batch_size: int, mesh: Mesh, args=(),
+                prepare: Callable = lambda b: b):
+  """Runs ``fn(*args, batch, start)`` (from :func:`jit_batched`) over ``arrays`` (a dict of
+  host-global numpy arrays with one leading axis, e.g. a split) in padded batches of
+  ``batch_size``; ``prepare`` turns a dict of rows into ``fn``'s batch (e.g. uint8 images
+  to model inputs). Returns ``fn``'s per-example outputs (any pytree of (B, ...) arrays)
+  concatenated over batches and trimmed to the number of examples, as numpy, on every
+  process. The numbers do not depend on the batch size or the number of devices when
+  ``fn`` is per-example."""
+  n = len(next(iter(arrays.values())))
+  outs = [o for _, _, o, _ in iterate_batches(fn, arrays, batch_size=batch_size, mesh=mesh,
+                                            args=args, prepare=prepare)]
+  return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:n], *outs)

@@ -141,6 +141,16 @@ def plot_accuracy_vs_eps(rows: Sequence[dict], path: str, highlight: float = 0.0
   plt.close(fig)
 
 
+def plot_attack_examples(explanation: bool, arrays, examples: dict, class_names, path: str,
+                         eps: float, title: str = "") -> None:
+  """The before/after figure of one attack: the maps (:func:`plot_map_attack`) for an
+  explanation attack, else the images (:func:`plot_adversarial_examples`)."""
+  if explanation:
+    plot_map_attack(arrays, examples, class_names, path, eps, title=title)
+  else:
+    plot_adversarial_examples(arrays, examples, class_names, path, eps)
+
+
 def plot_adversarial_examples(arrays, examples: dict, class_names, path: str,
                               eps: float, n: int = 4) -> None:
   """Clean image, perturbation (amplified to the full grey range) and adversarial image,

@@ -4,7 +4,7 @@ All methods are pure JAX on image batches in [0, 1] (NHWC), jit-able, and differ
 in ``x`` (so explanation attacks can take ``jax.grad`` through them; for ReLU networks
 use the softplus surrogate of lib/models.py to get non-zero second derivatives).
 
-Model-agnostic signatures (DESIGN.md):
+Model-agnostic signatures (docs/DESIGN.md):
   * gradient methods take ``logits_fn(x) -> logits`` and return attributions shaped
     like ``x``;
   * CAM methods take ``features_fn(x) -> A`` (B, h, w, c) and ``head_fn(A) -> logits``
@@ -20,6 +20,8 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+
+from lib import registry
 
 Array = jax.Array
 _TINY = 1e-12
@@ -205,30 +207,69 @@ def clip_percentile(maps: Array, q: float = 99.0) -> Array:
 
 
 # ----------------------------------------------------------------------------- registry
+# Every method as one registered function ``(fns, x, target, *, key, **options) -> (B, H, W)``
+# with the paper's post-processing (|.| max over channels for gradient methods, ReLU-ed
+# CAMs; not normalised). ``fns`` is a :class:`lib.models.ModelFns` (``logits_fn``, and
+# ``features_fn``/``head_fn`` for CAMs). Metadata: ``family`` ("gradient" or "cam") and
+# ``attackable`` (explanation attacks may target it; lib/explanation_attacks.py). A CAM
+# takes ``relu`` (False: the map before its final ReLU, which explanation attacks use).
+
+METHODS = registry.Registry("explanation method", fixed=("key",))
 
 
-def explain(method: str, fns, x, target=None, *, key=None, smoothgrad_samples: int = 16,
-            smoothgrad_sigma: float = 0.1, ig_steps: int = 64) -> Array:
-  """One (B, H, W) map per image for a named method, with the paper's post-processing:
-  |.| max over channels for gradient methods, ReLU-ed CAMs; not normalised."""
-  if method == "grad_cam":
-    return grad_cam(fns.features_fn, fns.head_fn, x, target)
-  if method == "grad_cam_pp":
-    return grad_cam_pp(fns.features_fn, fns.head_fn, x, target)
-  if method == "gradient":
-    attr = gradient(fns.logits_fn, x, target)
-  elif method == "gradient_x_input":
-    attr = gradient_x_input(fns.logits_fn, x, target)
-  elif method in ("smoothgrad", "smoothgrad_sq", "vargrad"):
-    mode = {"smoothgrad": "mean", "smoothgrad_sq": "squared", "vargrad": "var"}[method]
-    attr = smoothgrad(fns.logits_fn, x, target, key=key, samples=smoothgrad_samples,
-                      sigma=smoothgrad_sigma, mode=mode)
-  elif method == "integrated_gradients":
-    attr = integrated_gradients(fns.logits_fn, x, target, steps=ig_steps)
-  else:
-    raise ValueError(f"Unknown method {method!r}; choose from {METHODS}")
-  return reduce_channels(attr, "max_abs")
+def register_method(name: str, *, family: str = "gradient", attackable: bool = False,
+                    replace: bool = False):
+  """Decorator: registers an explanation method for ``explain.py``, studies and (with
+  ``attackable``) explanation attacks. Its keyword-only arguments but ``key`` are options
+  that configs pass by name (``smoothgrad_samples``, ``ig_steps``, ...)."""
+  if family not in ("gradient", "cam"):
+    raise ValueError(f"family must be 'gradient' or 'cam', got {family!r}")
+  return METHODS.register(name, family=family, attackable=attackable, replace=replace)
 
 
-METHODS = ("gradient", "gradient_x_input", "smoothgrad", "smoothgrad_sq", "vargrad",
-           "integrated_gradients", "grad_cam", "grad_cam_pp")
+@register_method("gradient", attackable=True)
+def _gradient_map(fns, x, target):
+  return reduce_channels(gradient(fns.logits_fn, x, target), "max_abs")
+
+
+@register_method("gradient_x_input")
+def _gradient_x_input_map(fns, x, target):
+  return reduce_channels(gradient_x_input(fns.logits_fn, x, target), "max_abs")
+
+
+def _smoothgrad_map(mode):
+  def method(fns, x, target, *, key, smoothgrad_samples: int = 16, smoothgrad_sigma: float = 0.1):
+    return reduce_channels(smoothgrad(fns.logits_fn, x, target, key=key, samples=smoothgrad_samples,
+                                      sigma=smoothgrad_sigma, mode=mode), "max_abs")
+  method.__doc__ = f"SmoothGrad family, mode {mode!r} (:func:`smoothgrad`)."
+  return method
+
+
+register_method("smoothgrad", attackable=True)(_smoothgrad_map("mean"))
+register_method("smoothgrad_sq")(_smoothgrad_map("squared"))
+register_method("vargrad")(_smoothgrad_map("var"))
+
+
+@register_method("integrated_gradients")
+def _integrated_gradients_map(fns, x, target, *, ig_steps: int = 64):
+  return reduce_channels(integrated_gradients(fns.logits_fn, x, target, steps=ig_steps), "max_abs")
+
+
+@register_method("grad_cam", family="cam", attackable=True)
+def _grad_cam_map(fns, x, target, *, relu: bool = True):
+  return grad_cam(fns.features_fn, fns.head_fn, x, target, relu=relu)
+
+
+@register_method("grad_cam_pp", family="cam", attackable=True)
+def _grad_cam_pp_map(fns, x, target, *, relu: bool = True):
+  return grad_cam_pp(fns.features_fn, fns.head_fn, x, target, relu=relu)
+
+
+def explain(method: str, fns, x, target=None, *, key=None, **options) -> Array:
+  """One (B, H, W) map per image for a registered method (:data:`METHODS`), with the
+  paper's post-processing: |.| max over channels for gradient methods, ReLU-ed CAMs; not
+  normalised. ``options`` (``smoothgrad_samples``, ``smoothgrad_sigma``, ``ig_steps``,
+  ...) go to the methods that take them; others ignore them."""
+  entry = METHODS[method]
+  return entry(fns, x, target, key=key,
+               params={k: v for k, v in options.items() if k in entry.params})

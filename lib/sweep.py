@@ -18,12 +18,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from lib import (attacks, data, experiment, explanation_attacks, metrics, models, parallel,
-                 report, saliency)
+from lib import attacks, data, experiment, metrics, models, parallel, report, saliency
+from lib import explanation_attacks  # noqa: F401  pylint: disable=unused-import  (registers 'explanation')
 
 RESULT_COLUMNS = ("model", "attack", "eps", "clean_accuracy", "accuracy", "sensitivity",
                   "specificity", "balanced_accuracy", "auc", "success_rate", "linf_mean",
@@ -34,95 +32,79 @@ MAP_COLUMNS = ("model", "attack", "map_method", "eps", "map_label_kept", "spearm
 
 
 EXPLANATION = "explanation"
-_EXPLANATION_FIELDS = ("method", "objective", "mode", "kind", "ce_weight", "top_k", "beta",
-                       "beta_final", "step_rule", "step_schedule", "random_init", "restarts",
-                       "smoothgrad_samples", "smoothgrad_sigma")
+SPEC_ONLY = ("eps",)   # entry fields that belong to the sweep, not to the attack
+
+
+def attack_entry(spec) -> tuple:
+  """``(registry entry, resolved parameters)`` of a config entry of ``attacks`` (a dict or
+  ConfigDict with ``name``, the attack's parameters and optionally its own ``eps`` grid).
+  Unknown names and parameters stop here, with the valid ones."""
+  spec = dict(spec)
+  if "name" not in spec:
+    raise ValueError(f"An attacks entry needs a 'name' ({', '.join(attacks.ATTACKS.names())}): "
+                     f"{spec}")
+  entry = attacks.ATTACKS[spec["name"]]
+  return entry, entry.resolve(spec, ignore=SPEC_ONLY)
+
+
+def check_attacks(specs) -> None:
+  """Checks every entry of ``attacks`` (names, parameters, eps in [0, 1]) and that no two
+  entries share a label (they would share rows and resume keys)."""
+  labels = {}
+  for spec in specs:
+    attack_entry(spec)
+    for e in dict(spec).get("eps") or ():
+      experiment.check_eps(e, f"eps of attack {attack_label(spec)}")
+    label = attack_label(spec)
+    if label in labels and attack_key(spec) != attack_key(labels[label]):
+      raise ValueError(f"Two attacks entries have the label {label!r} but different settings "
+                       f"({dict(labels[label])} and {dict(spec)}); their rows would mix.")
+    labels[label] = spec
 
 
 def make_attack(spec) -> Callable:
-  """``(fns, x, y, eps, key, surrogate) -> x_adv`` from a config entry of ``attacks``.
+  """``(fns, x, y, eps, key, surrogate_fns) -> x_adv`` from a config entry of ``attacks``
+  (an entry of :data:`lib.attacks.ATTACKS`, e.g. ``{'name': 'pgd', 'steps': 10}``, or
+  ``'explanation'`` for :mod:`lib.explanation_attacks`; a plain dict as parsed from
+  ``--config.attacks="({'name': 'pgd', 'steps': 10},)"`` works too)."""
+  entry, params = attack_entry(spec)
 
-  ``spec.name`` is one of :data:`lib.attacks.ATTACKS`, or ``"explanation"`` for the
-  attacks of :mod:`lib.explanation_attacks` (fields ``method``, ``objective``, ``mode``,
-  ``kind``, ``ce_weight``, ``surrogate`` (bool), ``beta``, ``step_rule``, ...). The step size
-  is ``spec.step_size_factor * eps`` (so it scales with the traced eps). ``spec`` may be a
-  plain dict (as parsed from ``--config.attacks="({'name': 'pgd', 'steps': 10},)"``).
-  """
-  spec = ml_collections.ConfigDict(dict(spec))
-  name = spec.name
-  factor = spec.get("step_size_factor", 0.25)
-  if name == EXPLANATION:
-    kw = {k: spec[k] for k in _EXPLANATION_FIELDS if k in spec}
-    use_surrogate = spec.get("surrogate", False)
-
-    def run_explanation(fns, x, y, eps, key, surrogate=None):
-      del y  # the attack keeps (or flips) the model's own prediction
-      return explanation_attacks.explanation_attack(
-          fns, x, eps=eps, step_size=factor * eps, steps=spec.steps, key=key,
-          norm=spec.get("norm", "linf"), surrogate=surrogate if use_surrogate else None, **kw)
-    return run_explanation
-
-  fn = attacks.ATTACKS[name]
-  kw = dict(norm=spec.get("norm", "linf"))
-  if name in ("bim", "pgd", "mifgsm", "apgd"):
-    kw["steps"] = spec.steps
-  if name in ("pgd", "apgd"):
-    kw["restarts"] = spec.get("restarts", 1)
-  if name not in ("fgsm", "noise"):
-    kw["loss"] = spec.get("loss", "ce")
-
-  def run(fns, x, y, eps, key, surrogate=None):
-    del surrogate
-    extra = {}
-    if name in ("bim", "pgd", "mifgsm"):
-      extra["step_size"] = factor * eps
-    if name in ("pgd", "apgd", "noise"):
-      extra["key"] = key
-    return fn(fns.logits_fn, x, y, eps=eps, **kw, **extra)
+  def run(fns, x, y, eps, key, surrogate_fns=None):
+    return entry(fns, x, y, params=params, eps=eps, key=key, surrogate_fns=surrogate_fns)
   return run
 
 
 def attack_label(spec) -> str:
-  """A short name for tables: ``pgd-10``, ``apgd-20-dlr``, ``grad_cam-keep-50``,
-  ``grad_cam-keep-50-adam``, ``gradient-top_k-30-softplus``, ``grad_cam-keep-50-r3``..."""
-  spec = ml_collections.ConfigDict(dict(spec))
-  if spec.name == EXPLANATION:
-    objective = spec.get("objective", "dissimilarity")
-    mode = spec.get("mode", "keep")
-    parts = [spec.get("method", "grad_cam"), mode if objective == "dissimilarity" else objective]
-    if objective != "dissimilarity" and mode != "keep":
-      parts.append(mode)
-    if spec.get("kind", "pearson") != "pearson":
-      parts.append(spec.kind)
-    parts.append(str(spec.steps))
-    if spec.get("step_rule", "sign") != "sign":
-      parts.append(spec.step_rule)
-    if spec.get("surrogate", False):
-      parts.append("softplus")
-  else:
-    parts = [spec.name]
-    if spec.get("steps") and spec.name != "fgsm":
-      parts.append(str(spec.steps))
-    if spec.get("loss", "ce") != "ce":
-      parts.append(spec.loss)
-  if spec.get("norm", "linf") != "linf":
-    parts.append(spec.norm)
-  if spec.get("restarts", 1) > 1:
-    parts.append(f"r{spec.restarts}")
-  return "-".join(parts)
+  """The attack's short name for tables, records and study columns, from its registered
+  label rule: ``pgd-10``, ``apgd-20-dlr``, ``grad_cam-keep-50``, ``grad_cam-keep-50-adam``,
+  ``gradient-top_k-30-softplus``, ``grad_cam-keep-50-r3``..."""
+  entry, params = attack_entry(spec)
+  return entry.label(params)
+
+
+def attack_key(spec) -> str:
+  """Everything that determines an attack's numbers (name and every parameter, defaults
+  included) as canonical JSON: a resumed sweep reuses a cell only if this matches."""
+  entry, params = attack_entry(spec)
+  return entry.key(params)
+
+
+def attack_family(spec) -> str:
+  return attack_entry(spec)[0].meta["family"]
 
 
 def map_method(spec, config) -> str:
   """The explanation whose change is measured: the attacked one for explanation attacks,
   ``config.map_method`` for the others."""
-  spec = ml_collections.ConfigDict(dict(spec))
-  if spec.name == EXPLANATION:
-    return spec.get("method", "grad_cam")
+  entry, params = attack_entry(spec)
+  if entry.meta["family"] == "explanation":
+    return params["method"]
   return config.get("map_method", "grad_cam")
 
 
-class CompileCounter:
-  """Counts traces of the functions it wraps (one trace = one XLA compilation)."""
+class TraceCounter:
+  """Counts traces of the functions it wraps (each trace is followed by one XLA
+  compilation, unless the persistent compilation cache has it)."""
 
   def __init__(self):
     self.count = 0
@@ -135,19 +117,21 @@ class CompileCounter:
     return traced
 
 
-def compile_attack(model, spec, mesh, counter: CompileCounter, return_images: bool = False,
-                   map_method: str = ""):
-  """The jitted per-batch function of one attack for one model.
-
-  The batch is sharded over the mesh; the (small) per-example results are gathered to
-  every process, the adversarial images only when ``return_images``. With ``map_method``
-  the maps of the clean and the attacked images (real model, explaining each image's
-  predicted class: what a user would be shown) come back too.
-  """
+def compile_attack(model, spec, mesh, counter: TraceCounter | None = None,
+                   return_images: bool = False, map_method: str = ""):
+  """The jitted per-batch function ``(variables, eps, key, batch, start) -> outputs`` of one
+  attack for one model (:func:`lib.parallel.jit_batched`: the batch ``{"x", "y"}`` sharded
+  over the mesh, the per-example results gathered to every process; the adversarial images
+  only when ``return_images``). With ``map_method`` the maps of the clean and the attacked
+  images (real model, explaining each image's predicted class: what a user would be shown)
+  come back too. The batch's key is ``fold_in(key, start)``."""
   run = make_attack(spec)
-  spec = ml_collections.ConfigDict(dict(spec))
+  measure_options = dict(smoothgrad_samples=dict(spec).get("smoothgrad_samples", 8),
+                         smoothgrad_sigma=dict(spec).get("smoothgrad_sigma", 0.1))
 
-  def evaluate(variables, x, y, eps, key):
+  def evaluate(variables, eps, key, batch, start):
+    x, y = batch["x"], batch["y"]
+    key = jax.random.fold_in(key, start)
     fns = models.model_fns(model, variables)
     x_adv = run(fns, x, y, eps, key, models.surrogate_fns(model, variables))
     clean_logits, adv_logits = fns.logits_fn(x), fns.logits_fn(x_adv)
@@ -155,20 +139,14 @@ def compile_attack(model, spec, mesh, counter: CompileCounter, return_images: bo
     if return_images:
       out["x_adv"] = x_adv
     if map_method:
-      explain = functools.partial(
-          saliency.explain, map_method, fns, key=jax.random.PRNGKey(0),
-          smoothgrad_samples=spec.get("smoothgrad_samples", 8),
-          smoothgrad_sigma=spec.get("smoothgrad_sigma", 0.1))
+      explain = functools.partial(saliency.explain, map_method, fns, key=jax.random.PRNGKey(0),
+                                  **measure_options)
       out["clean_map"] = explain(x, jnp.argmax(clean_logits, -1))
       out["adv_map"] = explain(x_adv, jnp.argmax(adv_logits, -1))
     out.update(metrics.perturbation_metrics(x, x_adv))
     return out
 
-  sharded = NamedSharding(mesh, P(parallel.AXIS))
-  replicated = NamedSharding(mesh, P())
-  return jax.jit(counter.wrap(evaluate),
-                 in_shardings=(replicated, sharded, sharded, replicated, replicated),
-                 out_shardings=replicated)
+  return parallel.jit_batched(counter.wrap(evaluate) if counter else evaluate, mesh, 3)
 
 
 def cell_metrics(clean_probs, adv_probs, labels, pert: dict) -> dict:
@@ -220,7 +198,7 @@ def map_cell_metrics(m: dict) -> dict:
   return row
 
 
-def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in_channels,
+def run_attack_grid(model, variables, arrays, config, spec, mesh, counter=None, *, in_channels,
                     keep_examples: int = 0, has_masks: bool = False, per_image=None,
                     cache: dict | None = None):
   """All eps of one attack on one model: list of cell rows (+ a few examples per eps).
@@ -233,26 +211,23 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in
   argument, so the runs of a cross-validation share one compilation per attack)."""
   method = map_method(spec, config) if config.get("map_metrics", True) else ""
   shown = data.example_indices(arrays["label"], keep_examples)   # both classes in figures
-  key = (repr(model), repr(sorted(dict(spec).items())), method, bool(keep_examples), mesh)
-  fn = None if cache is None else cache.get(key)
+  label, family = attack_label(spec), attack_family(spec)
+  norm = attack_entry(spec)[1].get("norm", "linf")
+  cache_key = (repr(model), attack_key(spec), method, bool(keep_examples), mesh)
+  fn = None if cache is None else cache.get(cache_key)
   if fn is None:
     fn = compile_attack(model, spec, mesh, counter, return_images=bool(keep_examples),
                         map_method=method)
     if cache is not None:
-      cache[key] = fn
-  bs = config.batch_size
-  n = len(arrays["label"])
+      cache[cache_key] = fn
   rows, examples = [], {}
   key = jax.random.PRNGKey(config.seed)
+  prepare = lambda b: {"x": data.to_model_input(b["image"], in_channels), "y": b["label"]}
   for eps in dict(spec).get("eps") or config.eps:
-    outs = []
-    for start, idx in data.padded_batches(n, bs):
-      x = data.to_model_input(arrays["image"][idx], in_channels)
-      y = arrays["label"][idx]
-      o = fn(variables, x, y, jnp.float32(eps), jax.random.fold_in(key, start))
-      outs.append(jax.device_get(o))
-    cat = {k: np.concatenate([o[k] for o in outs])[:n] for k in outs[0]}
-    row = {"attack": attack_label(spec), "eps": float(eps),
+    cat = parallel.map_batches(fn, {"image": arrays["image"], "label": arrays["label"]},
+                               batch_size=config.batch_size, mesh=mesh,
+                               args=(variables, jnp.float32(eps), key), prepare=prepare)
+    row = {"attack": label, "family": family, "norm": norm, "eps": float(eps),
            **cell_metrics(cat["clean_probs"], cat["adv_probs"], arrays["label"],
                           {k: cat[k] for k in ("linf", "l2", "psnr", "ssim")})}
     images = {"adv_correct": (cat["adv_probs"].argmax(-1) == arrays["label"]).astype(np.float64),
@@ -275,14 +250,15 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter, *, in
 def run_sweep(config, workdir: str) -> list[dict]:
   """The grid of ``config.checkpoints`` x ``config.attacks`` x ``config.eps``."""
   experiment.check_which(config.which)      # before anything is written
-  os.makedirs(workdir, exist_ok=True)
-  checkpoints = [c for c in str(config.checkpoints).split(",") if c]
-  if not checkpoints:
-    raise ValueError("No checkpoints: pass --config.checkpoints=RUN1,RUN2 (train.py work dirs).")
+  checkpoints = experiment.parse_checkpoints(config.checkpoints)
+  for e in config.eps:
+    experiment.check_eps(e, "--config.eps")
+  check_attacks(config.attacks)
   mesh = parallel.make_mesh(config.num_devices)
   if config.batch_size % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by {mesh.size} devices.")
-  counter = CompileCounter()
+  os.makedirs(workdir, exist_ok=True)
+  counter = TraceCounter()
   rows = previous_cells(config, workdir) if config.get("resume", True) else []
   grid = {}   # (model, attack) -> position in this grid: the order of the tables
   for name, ckpt in zip(experiment.run_names(checkpoints), checkpoints):
@@ -299,9 +275,15 @@ def run_sweep(config, workdir: str) -> list[dict]:
     has_masks = data.DATASETS[train_config.data.name].has_masks
     for spec in config.attacks:
       t0, before = time.time(), counter.count
-      label = attack_label(spec)
+      label, key = attack_label(spec), attack_key(spec)
       grid.setdefault((name, label), len(grid))
-      if _done(rows, name, label, dict(spec).get("eps") or config.eps):
+      changed = [r for r in rows if r["model"] == name and r["attack"] == label
+                 and r.get("spec") != key]
+      if changed:
+        logging.warning("%s / %s: %d cells in %s were computed with other attack settings; "
+                        "recomputing them.", name, label, len(changed), workdir)
+        rows = [r for r in rows if r not in changed]
+      if _done(rows, name, key, dict(spec).get("eps") or config.eps):
         logging.info("%s / %s: already in %s, skipped", name, label, workdir)
         continue
       cells, examples = run_attack_grid(model, variables, arrays, config, spec, mesh, counter,
@@ -309,8 +291,11 @@ def run_sweep(config, workdir: str) -> list[dict]:
                                         keep_examples=config.figure_examples, has_masks=has_masks)
       logging.info("%s / %s: %d eps in %.1f s, %d compilation(s)", name, label, len(cells),
                    time.time() - t0, counter.count - before)
+      done_eps = {c["eps"] for c in cells}
+      rows = [r for r in rows if not (r["model"] == name and r["attack"] == label
+                                      and r["eps"] in done_eps)]
       for c in cells:
-        rows.append({"model": name, **c, "checkpoint": source})
+        rows.append({"model": name, **c, "checkpoint": source, "spec": key})
         logging.info("  eps=%.4f acc=%.3f (clean %.3f) success=%.3f ssim=%.4f%s", c["eps"],
                      c["accuracy"], c["clean_accuracy"], c["success_rate"], c["ssim_mean"],
                      f" {c['map_method']} spearman={c['spearman_median']:.3f} "
@@ -318,11 +303,9 @@ def run_sweep(config, workdir: str) -> list[dict]:
       rows.sort(key=lambda r: grid.get((r["model"], r["attack"]), len(grid)))  # stable
       if config.figure_examples and jax.process_index() == 0:
         path = os.path.join(workdir, f"examples_{name}_{label}.png")
-        if dict(spec)["name"] == EXPLANATION:
-          report.plot_map_attack(arrays, examples, class_names, path, config.figure_eps,
-                                 title=f"{name} / {label}")
-        else:
-          report.plot_adversarial_examples(arrays, examples, class_names, path, config.figure_eps)
+        report.plot_attack_examples(attack_family(spec) == EXPLANATION, arrays, examples,
+                                    class_names, path, config.figure_eps,
+                                    title=f"{name} / {label}")
       if jax.process_index() == 0:  # after every attack: an interrupted sweep keeps what it did
         write_sweep_outputs(rows, workdir, counter.count, config)
   if jax.process_index() == 0:
@@ -338,9 +321,12 @@ def previous_cells(config, workdir: str) -> list[dict]:
   """The cells an interrupted (or extended) sweep already wrote to ``workdir``.
 
   A (model, attack) pair whose eps are all there, computed from the same checkpoint
-  (:func:`lib.experiment.checkpoint_id`), is skipped, so re-running the same command
-  resumes a sweep and adding a checkpoint or an attack computes only the new cells. Refuses, naming the setting, when the earlier sweep used another split, seed,
-  image count or map settings (its numbers would not be comparable)."""
+  (:func:`lib.experiment.checkpoint_id`) with the same attack settings (:func:`attack_key`:
+  every parameter, defaults included), is skipped, so re-running the same command resumes
+  a sweep and adding a checkpoint or an attack computes only the new cells; cells of an
+  attack whose settings changed are recomputed. Refuses, naming the setting, when the
+  earlier sweep used another split, seed, image count or map settings (its numbers would
+  not be comparable)."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return []
@@ -356,39 +342,61 @@ def previous_cells(config, workdir: str) -> list[dict]:
   return previous["cells"]
 
 
-def _done(rows, model: str, label: str, eps) -> bool:
-  have = {r["eps"] for r in rows if r["model"] == model and r["attack"] == label}
+def _done(rows, model: str, key: str, eps) -> bool:
+  """Whether every eps of the attack with resume key ``key`` is there for ``model``."""
+  have = {r["eps"] for r in rows if r["model"] == model and r.get("spec") == key}
   return all(float(e) in have for e in eps)
+
+
+def row_family(row) -> str:
+  """The attack family of a results row (:data:`lib.attacks.FAMILIES`); rows written before
+  families were recorded are recognised by their label's first part."""
+  if "family" in row:
+    return row["family"]
+  head = row["attack"].split("-")[0]
+  if head in attacks.ATTACKS:
+    return attacks.ATTACKS[head].meta["family"]
+  return EXPLANATION if head in saliency.METHODS else "iterative"
+
+
+def row_norm(row) -> str:
+  """The norm of a results row's budget (older rows: from the label, e.g. ``pgd-10-l2``)."""
+  return row.get("norm") or ("l2" if "l2" in row["attack"].split("-") else "linf")
 
 
 def masking_checks(rows) -> list[str]:
   """Signs of gradient masking (Athalye et al. 2018; Carlini et al. 2019, Sec. 5): per
-  model, accuracy must not rise with eps, iterative attacks must beat FGSM, white-box
-  attacks must beat random noise of the same size. Returns one line per violation."""
+  model and norm, accuracy must not rise with eps, iterative attacks must beat the
+  single-step one (FGSM), white-box attacks must beat random noise of the same size.
+  Returns one line per violation. Explanation attacks keep (or only incidentally flip)
+  labels by design and are not checked; attack families come from the registry
+  (:func:`row_family`); attacks are compared only within one norm (:func:`row_norm`)."""
   issues = []
-  # Explanation attacks keep (or only incidentally flip) labels by design: not checked.
-  rows = [r for r in rows if not r["attack"].startswith(explanation_attacks.MAP_METHODS)]
-  for model in sorted({r["model"] for r in rows}):
-    mine = [r for r in rows if r["model"] == model]
-    by = {}
+  rows = [r for r in rows if row_family(r) != EXPLANATION]
+  for model, norm in sorted({(r["model"], row_norm(r)) for r in rows}):
+    mine = [r for r in rows if r["model"] == model and row_norm(r) == norm]
+    by, family = {}, {}
     for r in mine:
       by.setdefault(r["attack"], {})[r["eps"]] = r["accuracy"]
+      family[r["attack"]] = row_family(r)
     for attack, curve in by.items():
       eps = sorted(curve)
       for a, b in zip(eps, eps[1:]):
-        if curve[b] > curve[a] + 1e-9 and not attack.startswith("noise"):
+        if curve[b] > curve[a] + 1e-9 and family[attack] != "baseline":
           issues.append(f"{model} / {attack}: accuracy rises from eps {a:g} ({curve[a]:.3f}) "
                         f"to {b:g} ({curve[b]:.3f})")
-    fgsm = by.get("fgsm", {})
-    noise = next((c for a, c in by.items() if a.startswith("noise")), {})
+    single = next((c for a, c in by.items() if family[a] == "single_step"), {})
+    single_name = next((a for a in by if family[a] == "single_step"), "")
+    noise = next((c for a, c in by.items() if family[a] == "baseline"), {})
     for attack, curve in by.items():
-      if attack in ("fgsm",) or attack.startswith("noise"):
+      if family[attack] != "iterative":
         continue
       for e, acc in curve.items():
-        if e in fgsm and acc > fgsm[e] + 1e-9:
-          issues.append(f"{model} / {attack} at eps {e:g}: accuracy {acc:.3f} above FGSM's {fgsm[e]:.3f}")
+        if e in single and acc > single[e] + 1e-9:
+          issues.append(f"{model} / {attack} at eps {e:g}: accuracy {acc:.3f} above "
+                        f"{single_name.upper()}'s {single[e]:.3f}")
     for attack, curve in by.items():
-      if attack.startswith("noise"):
+      if family[attack] == "baseline":
         continue
       for e, acc in curve.items():
         if e > 0 and e in noise and acc > noise[e] + 1e-9:

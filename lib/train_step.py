@@ -1,7 +1,7 @@
 """Training state, losses and the per-device training step.
 
 The step is written for one device's shard of the global batch and reduces across the
-``"batch"`` axis (DESIGN.md: pmap style, wrapped by ``jax.shard_map`` or ``jax.pmap`` in
+``"batch"`` axis (docs/DESIGN.md: pmap style, wrapped by ``jax.shard_map`` or ``jax.pmap`` in
 lib/parallel.py). Losses are normalised by *global* denominators (``psum`` of weights)
 and gradients are ``psum``-ed, so a sharded step equals the single-device step on the
 same global batch, also with class weights; BatchNorm statistics are cross-replica.

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lib import adversarial, attacks, checkpoint, data, experiment, metrics, models, report, train_step
+from lib import (adversarial, attacks, checkpoint, data, experiment, metrics, models, parallel,
+                 report, train_step)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -87,27 +88,28 @@ class OverfittingMonitor:
     return False
 
 
-def evaluate(eval_fn, variables, arrays: dict, config, *, return_predictions: bool = False):
-  """Metrics of a model on one split (and, optionally, its predictions)."""
-  spec = data.DATASETS[config.data.name]
-  probs, mask_probs = [], []
-  for batch in data.eval_batches(arrays, config.eval_batch_size, config.model.in_channels,
-                                 spec.has_masks, process_index=jax.process_index(),
-                                 process_count=jax.process_count()):
-    p, mp = eval_fn(variables, {"image": batch["image"]})  # global (all processes') outputs
-    probs.append(np.asarray(p))
-    if mp is not None:
-      mask_probs.append(np.asarray(mp))
-  n = len(arrays["label"])  # only the last global batch is padded, at its end
-  probs = np.concatenate(probs)[:n]
+def evaluate(eval_fn, variables, arrays: dict, config, mesh, *, return_predictions: bool = False):
+  """Metrics of a model on one split (and, optionally, its predictions); ``eval_fn`` from
+  :func:`compile_eval`."""
+  has_masks = data.DATASETS[config.data.name].has_masks
+  in_channels = config.model.in_channels
+  probs, mask_probs = parallel.map_batches(
+      eval_fn, {"image": arrays["image"]}, batch_size=config.eval_batch_size, mesh=mesh,
+      args=(variables,), prepare=lambda b: {"image": data.to_model_input(b["image"], in_channels)})
   out = metrics.classification_metrics(probs, arrays["label"])
-  mask_probs = np.concatenate(mask_probs)[:n] if mask_probs else None
-  if mask_probs is not None and spec.has_masks:
+  if mask_probs is not None and has_masks:
     out.update(metrics.segmentation_metrics(mask_probs, arrays["mask"],
                                             np.ones(len(probs), np.float32)))
   if return_predictions:
     return out, probs, mask_probs
   return out
+
+
+def compile_eval(eval_model, mesh):
+  """``(variables, batch, start) -> (probs, mask probs or None)`` for :func:`evaluate`."""
+  return parallel.jit_batched(
+      lambda variables, batch, start: train_step.eval_step(variables, batch, model=eval_model),
+      mesh, 1)
 
 
 def _check_finite(pending: list, start_step: int, last_ckpt: Optional[int], workdir: str):
@@ -176,7 +178,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
   step_fn = par.compile_step(functools.partial(
       train_step.train_step, model=model, class_weights=class_weights, loss_config=config.loss,
       adv_config=adv, steps_per_epoch=steps_per_epoch, trainable=tuple(config.get("trainable", ()))))
-  eval_fn = par.compile_eval(functools.partial(train_step.eval_step, model=eval_model))
+  eval_fn = compile_eval(eval_model, par.mesh)
   writer = report.MetricWriter(workdir)
   if adversarial_training:
     robust_fn, monitor = robust_accuracy_fn(eval_model, adv), OverfittingMonitor(adv)
@@ -209,7 +211,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
     epoch = done // steps_per_epoch
     if end_of_epoch and (epoch % config.eval_every_epochs == 0 or done == total_steps):
       host_state = par.get_state(state)
-      val_metrics = evaluate(eval_fn, host_state.variables, val, config)
+      val_metrics = evaluate(eval_fn, host_state.variables, val, config, par.mesh)
       val_metrics = {f"val_{k}": v for k, v in val_metrics.items()}
       overfitted = False
       if adversarial_training:
@@ -241,7 +243,7 @@ def final_test(config, workdir, ckpt, eval_fn, par, state, class_names) -> dict:
   ckpt.close()
   variables = {"params": state_dict["params"], "batch_stats": state_dict["batch_stats"]}
   test = data.load_split(config.data, "test", config.image_size)
-  test_metrics, probs, mask_probs = evaluate(eval_fn, variables, test, config,
+  test_metrics, probs, mask_probs = evaluate(eval_fn, variables, test, config, par.mesh,
                                              return_predictions=True)
   test_metrics = {"best_step": int(best), **test_metrics}
   if jax.process_index() != 0:

@@ -1,4 +1,5 @@
-"""Test setup: 8 fake CPU devices (for the data-parallel tests) and a private TFDS dir."""
+"""Test setup: 8 fake CPU devices (for the data-parallel tests), the XLA:CPU defaults of
+the entry points (lib.xla_cpu.configure) and a private TFDS dir."""
 
 import os
 import tempfile
@@ -7,6 +8,12 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="tfds_test_"))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# The XLA:CPU defaults the entry points set (lib/xla_cpu.py), appended to the flags above
+# before any test creates a JAX backend: the tests run with train.py's numerics.
+from lib import xla_cpu  # noqa: E402
+
+xla_cpu.configure()
 
 import pytest  # noqa: E402
 

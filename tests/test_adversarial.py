@@ -38,7 +38,7 @@ def _batch(n=16, size=32, seed=0):
 
 
 def _step(c, num_devices, state=None, batch=None):
-  # XLA's convolutions throughout: the CPU im2col path (lib/models.conv_general_dilated)
+  # XLA's convolutions throughout: the CPU im2col path (lib/xla_cpu.conv_general_dilated)
   # rounds differently for 2 and 16 images, and PGD's sign steps amplify that into other
   # adversarial pixels, which is float noise, not what these tests are about.
   model = experiment.build_model(c, bn_axis_name=train_step.AXIS, im2col_max_pixels=0)

@@ -40,7 +40,7 @@ def _compiled(name, norm):
       kw.update(key=key, restarts=2)
     if name == "apgd":
       kw.update(steps=6, key=key)
-    return attacks.ATTACKS[name](NET, x, y, **kw)
+    return attacks.ATTACKS[name].fn(NET, x, y, **kw)
   return jax.jit(run)
 
 

@@ -95,14 +95,6 @@ def test_processes_read_disjoint_halves_of_each_global_batch():
   assert key(got) == key(whole["image"])
 
 
-def test_eval_batches_pad_the_last_batch():
-  arrays = {"image": np.zeros((5, 8, 8), np.uint8), "mask": np.zeros((5, 8, 8), np.uint8),
-            "label": np.arange(5, dtype=np.int32) % 2}
-  batches = list(data.eval_batches(arrays, 4, 3, True))
-  assert [b["weight"].tolist() for b in batches] == [[1, 1, 1, 1], [1, 0, 0, 0]]
-  assert batches[0]["image"].shape == (4, 8, 8, 3)
-
-
 # ----------------------------------------------------------------------------- manual dirs
 
 

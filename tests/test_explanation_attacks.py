@@ -76,7 +76,8 @@ def test_softplus_surrogate_finds_stronger_attacks_on_gradient_saliency(setup):
   m0 = _maps(fns, x, "gradient")
   relu = _maps(fns, _attack(fns, x, method="gradient"), "gradient")
   soft = _maps(fns, _attack(fns, x, method="gradient",
-                            surrogate=models.surrogate_fns(model, variables), beta=10.0),
+                            surrogate=True, surrogate_fns=models.surrogate_fns(model, variables),
+                            beta=10.0),
                "gradient")
   d = lambda m: 1.0 - metrics.pearson(m0, m)
   assert d(soft).mean() > d(relu).mean() + 0.05, (d(soft).mean(), d(relu).mean())
@@ -100,7 +101,8 @@ def test_each_objective_moves_its_own_measure(setup, objective):
 def test_annealed_beta_and_flip_mode_run(setup):
   model, variables, fns, x = setup
   x_adv = _attack(fns, x[:4], mode="flip", ce_weight=1.0, method="gradient", steps=3,
-                  surrogate=models.surrogate_fns(model, variables), beta=2.0, beta_final=20.0)
+                  surrogate=True, surrogate_fns=models.surrogate_fns(model, variables),
+                  beta=2.0, beta_final=20.0)
   assert np.isfinite(np.asarray(x_adv)).all()
 
 
@@ -119,20 +121,22 @@ def test_map_measures():
 
 
 def test_engine_returns_best_feasible_iterate():
-  """With has_aux the engine keeps the best *feasible* iterate, the clean image included."""
+  """The engine keeps the best *feasible* iterate, the clean image included."""
   x = jnp.full((2, 4, 4, 1), 0.5)
 
-  def loss_fn(xa):
+  def objective(xa, t):
+    del t
     s = xa.mean(axis=(1, 2, 3)) - 0.5                # grows as x moves up
     feasible = jnp.asarray([True, False]) | (s < 0.01)
     return s, s, feasible
 
-  out = attacks.projected_gradient(loss_fn, x, eps=0.1, step_size=0.02, steps=10, has_aux=True)
+  out = attacks.projected_gradient(objective, x, eps=0.1, steps=10, step=attacks.Step(size=0.02),
+                                   start=attacks.Start(clean_candidate=True))
   s = np.asarray(out.mean(axis=(1, 2, 3)) - 0.5)
   assert s[0] == pytest.approx(0.1, abs=1e-6)        # always feasible: goes to the boundary
   assert 0.0 <= s[1] < 0.01                          # stops where feasibility ends
   for rule in ("adam", "sign"):
-    out = attacks.projected_gradient(lambda z: (z.mean(axis=(1, 2, 3)) - 0.5), x, eps=0.1,
-                                     step_size=0.05, steps=6, step_rule=rule,
-                                     step_schedule="cosine")
+    out = attacks.projected_gradient(
+        attacks.loss_objective(lambda z: (z.mean(axis=(1, 2, 3)) - 0.5)), x, eps=0.1, steps=6,
+        step=attacks.Step(rule, 0.05, "cosine"))
     assert np.abs(np.asarray(out) - 0.5).max() <= 0.1 + 1e-6

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lib import models
+from lib import models, xla_cpu
 
 IMAGENET = dict(in_channels=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -97,16 +97,29 @@ def test_im2col_convolution_equals_xla_with_gradients(kernel, stride, dilation, 
       return (y ** 2).sum(), y
     (_, y), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(x, w)
     return y, grads
+  im2col = functools.partial(xla_cpu.conv_general_dilated, im2col_max_pixels=64)  # opt-in
   y0, g0 = run(jax.lax.conv_general_dilated)
-  y1, g1 = run(models.conv_general_dilated)
+  y1, g1 = run(im2col)
   np.testing.assert_allclose(y1, y0, rtol=1e-4, atol=1e-4)
   for a, b in zip(g1, g0):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
   # and it really took the im2col path (no convolution left in the program)
-  jaxpr = str(jax.make_jaxpr(lambda x, w: models.conv_general_dilated(
+  jaxpr = str(jax.make_jaxpr(lambda x, w: im2col(
       x, w, (stride, stride), padding, rhs_dilation=(dilation, dilation),
       dimension_numbers=dn))(x, w))
   assert "conv_general_dilated" not in jaxpr
+
+
+def test_im2col_is_opt_in_in_the_function_as_in_the_model():
+  # the same default (0: XLA's convolution, canonical gradients) in both places; the
+  # models module keeps the function's old name
+  assert models.conv_general_dilated is xla_cpu.conv_general_dilated
+  x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2))
+  dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  jaxpr = str(jax.make_jaxpr(lambda x, w: xla_cpu.conv_general_dilated(
+      x, w, (1, 1), "SAME", dimension_numbers=dn))(x, w))
+  assert "conv_general_dilated" in jaxpr
+  assert models.ResNet18().im2col_max_pixels == 0
 
 
 @pytest.mark.parametrize("kernel,stride,dilation,padding,size", [
@@ -127,7 +140,7 @@ def test_canonical_convolution_gradients_equal_jax_to_second_order(kernel, strid
     return lambda x, w: jnp.sin(impl(x, w, (stride, stride), padding,
                                      rhs_dilation=(dilation, dilation),
                                      dimension_numbers=dn)).sum()
-  ours = functools.partial(models.conv_general_dilated, im2col_max_pixels=0)
+  ours = functools.partial(xla_cpu.conv_general_dilated, im2col_max_pixels=0)
   for order in (1, 2):
     def value(impl):
       f = loss(impl)

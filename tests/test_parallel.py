@@ -57,3 +57,34 @@ def test_sharded_step_equals_single_device_step(setup, kind):
   moved = [not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(ref_state.params),
                                                  jax.tree_util.tree_leaves(state.params))]
   assert np.mean(moved) > 0.5  # not the convs before zero-initialised residual BN scales
+
+
+def test_map_batches_pads_shards_and_trims():
+  """One evaluation helper: padded batches, sharded over 1 or 8 devices, outputs gathered
+  and trimmed; the numbers do not depend on the batch size or the device count."""
+  if jax.device_count() < 8:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8 (set in conftest)")
+  arrays = {"x": np.arange(21, dtype=np.float32).reshape(21, 1) * np.ones((1, 3), np.float32),
+            "y": np.arange(21, dtype=np.int32)}
+
+  def fn(scale, batch, start):
+    return {"sum": batch["x"].sum(-1) * scale, "y": batch["y"],
+            "start": jnp.broadcast_to(start, batch["y"].shape)}
+
+  results = []
+  for devices, batch_size in ((1, 4), (8, 8), (8, 16)):
+    mesh = parallel.make_mesh(devices)
+    out = parallel.map_batches(parallel.jit_batched(fn, mesh, 1), arrays, batch_size=batch_size,
+                               mesh=mesh, args=(np.float32(2.0),),
+                               prepare=lambda b: {**b, "x": b["x"] + 1})
+    assert out["sum"].shape == (21,)
+    np.testing.assert_array_equal(out["y"], arrays["y"])
+    np.testing.assert_array_equal(out["start"], np.arange(21) // batch_size * batch_size)
+    results.append(out["sum"])
+  np.testing.assert_array_equal(results[0], (np.arange(21) + 1) * 3 * 2.0)
+  np.testing.assert_array_equal(results[1], results[0])
+  np.testing.assert_array_equal(results[2], results[0])
+  with pytest.raises(ValueError, match="not divisible"):
+    mesh = parallel.make_mesh(8)
+    parallel.map_batches(parallel.jit_batched(fn, mesh, 1), arrays, batch_size=12, mesh=mesh,
+                         args=(np.float32(1.0),))

@@ -4,6 +4,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,14 +18,15 @@ from lib import report, study
 
 def test_corrected_t_matches_the_formula_and_is_wider_than_the_naive_interval():
   d = np.array([0.02, 0.05, -0.01, 0.04, 0.03, 0.00, 0.06, 0.02, 0.01, 0.03])
-  mean, lo, hi, p = study.corrected_t(d, test_fraction=0.25)
+  ci = study.corrected_t(d, test_fraction=0.25)
+  mean, hi, p = ci.value, ci.high, ci.p
   se = np.sqrt((1 / 10 + 0.25) * d.var(ddof=1))
   assert mean == pytest.approx(d.mean())
   assert hi - mean == pytest.approx(stats.t.ppf(0.975, 9) * se)
   assert p == pytest.approx(2 * stats.t.sf(d.mean() / se, 9))
   naive = stats.ttest_1samp(d, 0.0)
   assert p > naive.pvalue                     # overlapping training sets: less certainty
-  assert study.corrected_t([0.1, 0.1, 0.1], 0.25)[3] == 0.0
+  assert study.corrected_t([0.1, 0.1, 0.1], 0.25).p == 0.0
 
 
 def test_group_bootstrap_resamples_groups_and_pairs_images():
@@ -34,16 +37,16 @@ def test_group_bootstrap_resamples_groups_and_pairs_images():
   rec = {"id": [str(i) for i in range(n)], "group": groups,
          "x": np.repeat(per_group, 4)}
   fn = study.metric_fn("mean:x")
-  value, lo, hi, _ = study.group_bootstrap([rec], fn, n_boot=400)
-  assert value == pytest.approx(per_group.mean())
+  one = study.group_bootstrap([rec], fn, n_boot=400)
+  assert one.value == pytest.approx(per_group.mean()) and np.isnan(one.p)
   # 50 independent values, not 200: the interval is that of the group means.
   se = per_group.std(ddof=1) / np.sqrt(50)
-  assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.25)
+  assert (one.high - one.low) == pytest.approx(2 * 1.96 * se, rel=0.25)
   same = study.group_bootstrap([rec], fn, paired=[rec], n_boot=100)
-  assert same[:3] == (0.0, 0.0, 0.0)
+  assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
   shifted = dict(rec, x=rec["x"] + 0.1)
-  d, dlo, dhi, p = study.group_bootstrap([shifted], fn, paired=[rec], n_boot=100)
-  assert d == pytest.approx(0.1) and dlo == pytest.approx(0.1) and p == 0.0
+  d = study.group_bootstrap([shifted], fn, paired=[rec], n_boot=100)
+  assert d.value == pytest.approx(0.1) and d.low == pytest.approx(0.1) and d.p == 0.0
 
 
 def test_metric_names_and_claims():
@@ -72,6 +75,77 @@ def test_metric_names_and_claims():
   assert study.judge(dict(up, b=0.7), rows, own)["verdict"] == "held"
   assert study.judge(dict(up, b=0.8), rows, own)["verdict"].startswith("not shown")
   assert study.judge(dict(up, b=0.9, direction="greater"), rows, own)["verdict"] == "reversed"
+
+
+def test_statistics_and_records_import_without_jax():
+  """The numbers of a study can be recomputed from its committed records without JAX."""
+  code = ("import sys, lib.study.statistics, lib.study.records; "
+          "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if 'jax' in m)")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+
+
+def _committed_study_configs():
+  """Every variant of every committed study config, loaded as study.py loads it."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  files = sorted(f for f in os.listdir(os.path.join(root, "configs", "studies"))
+                 if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+  variants = [d + s for d in ("", "busi_", "brain_mri_") for s in ("cpu", "full", "test")]
+  out = {}
+  for f in files:
+    for v in variants:
+      try:
+        out[f"configs/studies/{f}:{v}"] = study.load_train_config(f"configs/studies/{f}:{v}")
+      except ValueError as e:
+        assert "Unknown variant" in str(e), (f, v, e)
+    assert any(k.startswith(f"configs/studies/{f}:") for k in out), f
+  return out
+
+
+def test_every_committed_study_config_names_only_what_it_measures():
+  configs = _committed_study_configs()
+  assert len(configs) >= 8 * 3
+  for spec, s in configs.items():
+    study.check_study_config(s)   # raises with the bad names
+    assert {c.metric for c in s.claims} <= set(s.metrics), spec
+
+
+def test_a_misspelt_metric_is_refused_before_anything_is_written(tmp_path):
+  s = busi_gradcam.get_config("test")
+  s.results_dir = str(tmp_path / "results")
+  good = s.copy_and_resolve_references()
+  study.check_study_config(good)
+  s.metrics = s.metrics + ("mean:fgsm@0.04:adv_correct", "median:grad_cam-keep-3@0.004:spearmann",
+                           "sensitivity_at_specificity:90", "mean:grad_cam:gin")
+  s.claims = s.claims + (common.claim("typo", "aucc", "mtl", "plain"),
+                         common.claim("unknown model", "auc", "mtl", "plian"))
+  s.comparisons = (("mtl", "plain"), ("mtl", "pllain"))
+  s.curves = ("adv_corect",)
+  with pytest.raises(ValueError) as e:
+    study.run_study(s, str(tmp_path / "runs"))
+  msg = str(e.value)
+  for bad, where, close in (
+      ("mean:fgsm@0.04:adv_correct", "metrics[9]", "mean:fgsm@0.004:adv_correct"),
+      ("median:grad_cam-keep-3@0.004:spearmann", "metrics[10]",
+       "median:grad_cam-keep-3@0.004:spearman"),
+      ("sensitivity_at_specificity:90", "metrics[11]", "sensitivity_at_specificity:0.9"),
+      ("mean:grad_cam:gin", "metrics[12]", "mean:grad_cam:gini"),
+      ("aucc", "claims[5] ('typo').metric", "auc"),
+      ("plian", "claims[6] ('unknown model').b", "plain"),
+      ("pllain", "comparisons[1]", "plain"),
+      ("adv_corect", "curves[0]", "adv_correct")):
+    line = next((ln for ln in msg.splitlines() if ln.strip().startswith(repr(bad))), "")
+    assert f"in {where}" in line and repr(close) in line, (bad, msg)
+  assert not (tmp_path / "results").exists() and not (tmp_path / "runs").exists()
+  # What is measured depends on the study: no map metrics, no masks, the attack's own eps.
+  bare = good.copy_and_resolve_references()
+  bare.map_metrics = False
+  bare.metrics = ("mean:fgsm@0.004:kept",)
+  with pytest.raises(ValueError, match="'mean:fgsm@0.004:kept' in metrics.0."):
+    study.check_study_config(bare)
+  assert "mean:grad_cam-keep-3@0.008:spearman" not in [
+      f"mean:{c}" for c in study.measured_columns(good)]   # its own eps: 0.004 only
+  assert "grad_cam:pointing_game" not in study.measured_columns(good, has_masks=False)
 
 
 @pytest.mark.parametrize("variant", ["cpu", "full"])
@@ -146,6 +220,8 @@ def test_a_study_runs_end_to_end_and_resumes(study_run):
   # Every image is out-of-fold exactly once per repetition.
   recs = study.read_records(str(res / "per_image_plain_seed0.csv"))
   assert len(set(recs["id"])) == 80 and "grad_cam-keep-3@0.004:spearman" in recs
+  # The metric-name check knows exactly the columns an evaluation writes.
+  assert set(recs) - {"id", "group", "fold"} == set(study.measured_columns(s))
   # The checkpoint each run kept, with its validation metrics (from the run's own log).
   kept = {(r["model"], r["fold"]): r for r in study.checkpoint_selection(s, str(tmp / "runs"), str(res))}
   assert sorted(kept) == [("mtl", 0), ("mtl", 1), ("plain", 0), ("plain", 1)]

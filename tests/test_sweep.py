@@ -78,6 +78,17 @@ def test_sweep_resumes_where_it_stopped(trained, tmp_path):
   assert sweep.run_sweep(c, str(tmp_path)) == first
   with open(path) as f:
     assert json.load(f)["compilations"] == 1
+  # Another setting of an attack (PGD's step size) is another attack: its cells are
+  # recomputed (resume used to match the label only and kept the old numbers), FGSM's kept.
+  c.attacks = (c.attacks[0], attack_sweep.attack("pgd", steps=10, step_size_factor=0.5))
+  changed = sweep.run_sweep(c, str(tmp_path))
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved["compilations"] == 1 and len(changed) == len(first)
+  assert [r for r in changed if r["attack"] == "fgsm"] == [r for r in first if r["attack"] == "fgsm"]
+  assert {r["spec"] for r in changed if r["attack"] == "pgd-10"} == {
+      sweep.attack_key(c.attacks[1])}
+  assert '"step_size_factor": 0.5' in sweep.attack_key(c.attacks[1])
   c.seed = 1
   with pytest.raises(ValueError, match="seed=0"):
     sweep.run_sweep(c, str(tmp_path))
@@ -117,6 +128,32 @@ def test_every_attack_of_a_sweep_has_its_own_label(variant):
     sweep.make_attack(a)          # every entry builds
 
 
+def test_attack_entries_and_eps_are_checked_before_anything_is_written(tmp_path):
+  with pytest.raises(ValueError, match="did you mean 'steps'"):
+    sweep.make_attack({"name": "pgd", "stpes": 10})
+  with pytest.raises(ValueError, match="needs 'steps'"):
+    sweep.make_attack({"name": "pgd"})
+  with pytest.raises(ValueError, match="did you mean 'pgd'"):
+    sweep.attack_label({"name": "pdg", "steps": 10})
+  with pytest.raises(ValueError, match="'kind' is now called 'distance'"):
+    sweep.make_attack({"name": "explanation", "steps": 3, "kind": "mse"})
+  assert sweep.attack_label({"name": "explanation", "steps": 3, "distance": "mse"}) == \
+      "grad_cam-keep-mse-3"
+  assert sweep.attack_label({"name": "pgd", "steps": 10, "restarts": 3, "norm": "l2",
+                             "loss": "dlr", "eps": (0.1,)}) == "pgd-10-dlr-l2-r3"
+  c = _config(str(tmp_path / "no_such_run"), 1)
+  for eps, match in (((0.0, 8.0), "0-255 units: use 8/255 = 0.0314"), ((-0.01,), ">= 0"),
+                     ((300.0,), "above 1")):
+    c.eps = eps
+    with pytest.raises(ValueError, match=match):
+      sweep.run_sweep(c, str(tmp_path / "out"))
+  c.eps = (0.0,)
+  c.attacks = (attack_sweep.attack("fgsm", eps=(2.0,)),)
+  with pytest.raises(ValueError, match="eps of attack fgsm"):
+    sweep.run_sweep(c, str(tmp_path / "out"))
+  assert not os.path.exists(tmp_path / "out")
+
+
 def test_masking_checks_flag_a_masked_curve():
   rows = [dict(model="m", attack=a, eps=e, accuracy=acc) for a, e, acc in [
       ("fgsm", 0.0, 0.9), ("fgsm", 0.01, 0.3), ("pgd-10", 0.0, 0.9), ("pgd-10", 0.01, 0.5),
@@ -130,6 +167,9 @@ def test_masking_checks_flag_a_masked_curve():
   keep = [dict(model="m", attack="fgsm", eps=0.01, accuracy=0.3),
           dict(model="m", attack="grad_cam-keep-30", eps=0.01, accuracy=0.9)]
   assert not sweep.masking_checks(keep)   # label-keeping explanation attacks are not masking
+  l2 = [dict(model="m", attack="fgsm", eps=0.5, accuracy=0.3),
+        dict(model="m", attack="pgd-10-l2", eps=0.5, accuracy=0.9)]
+  assert not sweep.masking_checks(l2)     # an L2 ball of 0.5 is not an L-inf ball of 0.5
 
 
 def test_sweep_on_8_devices_gives_the_numbers_of_one(trained, tmp_path):

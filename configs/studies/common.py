@@ -1,4 +1,4 @@
-"""Shared shape of the study configs (``study.py``; lib/study.py explains the statistics).
+"""Shared shape of the study configs (``study.py``; lib/study/ explains the statistics).
 
 A study is models x ``seeds`` x ``folds`` training runs (group-aware stratified k-fold over
 all labelled images), evaluated image by image on their held-out folds.

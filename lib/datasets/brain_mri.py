@@ -16,7 +16,7 @@ from __future__ import annotations
 import glob
 import os
 
-from lib.datasets import manual
+from lib.datasets import manual, register_dataset
 
 LABELS = ("no_tumor", "tumor")
 
@@ -53,6 +53,8 @@ def list_examples(manual_dir: str) -> list[dict]:
   return out
 
 
+@register_dataset("brain_mri", class_names={"binary": ("no_tumor", "tumor")}, has_masks=False,
+                  manual_dir="brain_mri")
 class BrainMri(manual.ManualImageBuilder):
   """Brain MRI slices, tumour vs no tumour (no masks: stored all zero)."""
 

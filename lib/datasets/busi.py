@@ -24,7 +24,7 @@ import glob
 import os
 import re
 
-from lib.datasets import manual
+from lib.datasets import manual, register_dataset
 
 LABELS = ("benign", "malignant", "normal")
 
@@ -85,6 +85,9 @@ def list_examples(manual_dir: str) -> list[dict]:
   return out
 
 
+@register_dataset("busi", class_names={"binary": ("benign", "malignant"),
+                                     "three_class": ("benign", "malignant", "normal")},
+                  has_masks=True, manual_dir="busi")
 class Busi(manual.ManualImageBuilder):
   """BUSI breast ultrasound with lesion masks; splits train/val/test from the manifest."""
 

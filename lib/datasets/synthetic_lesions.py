@@ -22,6 +22,8 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from lib.datasets import register_dataset
+
 SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
 LABELS = ("benign", "malignant")
 
@@ -108,6 +110,14 @@ def make_config(image_size=64, num_train=512, num_val=128, num_test=128, seed=0)
       num_val=num_val, num_test=num_test, seed=seed)
 
 
+def _builder_kwargs(data_config) -> dict:
+  return {"config": make_config(data_config.synthetic_size, data_config.num_train,
+                                data_config.num_val, data_config.num_test,
+                                data_config.synthetic_seed)}
+
+
+@register_dataset("synthetic_lesions", class_names={"binary": ("benign", "malignant")},
+                  has_masks=True, builder_kwargs=_builder_kwargs)
 class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
   """TFDS builder of :func:`generate`; written as array_record, read without TF."""
 

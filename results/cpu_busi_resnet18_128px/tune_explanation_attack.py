@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lib import data, experiment, explanation_attacks, metrics, models, saliency  # noqa: E402
+from lib import data, experiment, explanation_attacks, metrics, models, saliency, xla_cpu  # noqa: E402
 
 SETTINGS = (
     dict(steps=30),
@@ -31,7 +31,7 @@ SETTINGS = (
     dict(steps=50, step_fraction=0.25, step_rule="adam", step_schedule="cosine"),
     dict(steps=30, restarts=3),
     dict(steps=30, ce_weight=0.0),
-    dict(steps=30, kind="mse"),
+    dict(steps=30, distance="mse"),
     dict(steps=30, cam_layer="penultimate"),
     dict(steps=30, cam_layer="penultimate", surrogate=True),
     dict(steps=30, eps=0.008),
@@ -56,12 +56,13 @@ def main():
     layer, use_surrogate = s.pop("cam_layer", "last"), s.pop("surrogate", False)
     m = model.clone(cam_layer=layer)
     fns = models.model_fns(m, variables)
-    surrogate = models.surrogate_fns(m, variables) if use_surrogate else None
+    surrogate_fns = models.surrogate_fns(m, variables)
 
     @jax.jit
     def run(x, eps):
       x_adv = explanation_attacks.explanation_attack(
-          fns, x, eps=eps, step_size=fraction * eps, surrogate=surrogate, unroll=1, **s)
+          fns, x, eps=eps, step_size=fraction * eps, surrogate=use_surrogate,
+          surrogate_fns=surrogate_fns, unroll=1, **s)
       y0 = saliency.predicted_class(fns.logits_fn, x)
       y1 = saliency.predicted_class(fns.logits_fn, x_adv)
       return (saliency.explain("grad_cam", fns, x, y0), saliency.explain("grad_cam", fns, x_adv, y1),
@@ -76,4 +77,5 @@ def main():
 
 
 if __name__ == "__main__":
+  xla_cpu.configure()  # the entry points' XLA:CPU defaults, before the first JAX computation
   main()
