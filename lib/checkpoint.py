@@ -37,8 +37,10 @@ def describe(arch: dict) -> str:
   return ", ".join(f"{k}={v}" for k, v in arch.items())
 
 
-class Checkpointer:
-  """Saves and restores runs in ``<workdir>/checkpoints``."""
+class RunCheckpoints:
+  """The checkpoints of one training run in ``<workdir>/checkpoints``: saves and restores
+  the train state with the data-iterator state and the architecture (a thin layer over
+  orbax's ``CheckpointManager``, not orbax's ``Checkpointer``)."""
 
   def __init__(self, directory: str, *, keep: int = 2, best_metric: Optional[str] = None,
                best_mode: str = "max", async_save: bool = True):

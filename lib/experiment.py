@@ -174,7 +174,7 @@ def check_which(which: str) -> str:
 def _open_checkpoint(workdir: str, which: str, config):
   """The run's checkpointer and the step ``which`` (``best`` or ``latest``) names."""
   check_which(which)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), best_metric=config.best_metric,
+  ckpt = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), best_metric=config.best_metric,
                                  best_mode=config.best_mode, async_save=False)
   return ckpt, ckpt.best_step() if which == "best" else ckpt.latest_step()
 

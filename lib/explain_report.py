@@ -133,7 +133,9 @@ def explain_checkpoint(workdir_ckpt: str, config, restored=None) -> CheckpointEx
                                per_method=per_method, maps=all_maps, timing=timing)
 
 
-def summarise(model_name, per_method, timing, arrays, has_masks) -> list[dict]:
+def summary_rows(model_name, per_method, timing, arrays, has_masks) -> list[dict]:
+  """One row per method (means over images) and the baseline rows of a map that knows
+  nothing (with masks)."""
   rows = []
   for method, q in per_method.items():
     row = {"model": model_name, "method": method, "images_per_s": timing[method],
@@ -189,7 +191,7 @@ def run_explain(config, workdir: str) -> list[dict]:
     per_method, maps, timing = explained.per_method, explained.maps, explained.timing
     results[name] = {"arrays": arrays, "maps": maps, "per_method": per_method,
                      "class_names": data.class_names(train_config.data)}
-    rows += summarise(name, per_method, timing, arrays, has_masks)
+    rows += summary_rows(name, per_method, timing, arrays, has_masks)
     for method, q in per_method.items():
       for i, ident in enumerate(arrays["id"]):
         per_image.append({"model": name, "method": method, "id": ident,

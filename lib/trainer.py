@@ -155,7 +155,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
                config.model.seg_head, sum(x.size for x in jax.tree_util.tree_leaves(state.params)) / 1e6,
                np.round(np.asarray(class_weights), 3).tolist())
 
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep,
+  ckpt = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), keep=config.checkpoint_keep,
                                  best_metric=config.best_metric, best_mode=config.best_mode,
                                  async_save=config.async_checkpointing)
   train_iter = data.train_iterator(train, config, process_index=jax.process_index(),

@@ -59,7 +59,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_parameters(full_run, tmp
   resumed = str(tmp_path / "resumed")
   # Stop mid epoch 2: the last checkpoint is the end of epoch 1 (step 4); steps 5-6 are lost.
   trainer.train_and_evaluate(_config(), resumed, stop_after_step=6)
-  assert checkpoint.Checkpointer(os.path.join(resumed, "checkpoints")).latest_step() == 4
+  assert checkpoint.RunCheckpoints(os.path.join(resumed, "checkpoints")).latest_step() == 4
   metrics_resumed = trainer.train_and_evaluate(_config(), resumed)
   _assert_same_tree(_params(workdir), _params(resumed))
   # Same seed, same metrics.
@@ -72,14 +72,14 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
   before = _params(workdir)
   with pytest.raises(trainer.NonFiniteLossError, match=r"step 5 .*checkpoints/4"):
     trainer.train_and_evaluate(_config(learning_rate=float("nan")), workdir)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  ckpt = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   assert ckpt.all_steps() == [4]
   _assert_same_tree(before, _params(workdir))
 
 
 def test_the_kept_checkpoint_is_the_best_by_best_metric_or_else_the_last(tmp_path):
   for best_metric, kept in (("val_auc", 2), ("", 3)):   # '' (configs): keep the last one
-    ckpt = checkpoint.Checkpointer(str(tmp_path / (best_metric or "last")), keep=1,
+    ckpt = checkpoint.RunCheckpoints(str(tmp_path / (best_metric or "last")), keep=1,
                                    best_metric=best_metric, async_save=False)
     for step, auc in ((1, 0.5), (2, 0.9), (3, 0.7)):
       ckpt.save(step, {"w": np.zeros(2)}, {"epoch": step}, {}, {"val_auc": auc})
