@@ -97,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.best_mode = "max"
   c.log_every_steps = 10
   c.async_checkpointing = True
+  # A work dir that holds a run made with other settings: refuse | continue (resume its
+  # checkpoints with these settings) | restart (move it aside, start afresh)
+  c.existing_run = "refuse"
   return c
 
 

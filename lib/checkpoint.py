@@ -12,7 +12,9 @@ while saving leaves the previous checkpoint as the latest one.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from typing import Any, Optional
 
 import jax
@@ -27,6 +29,10 @@ ARCHITECTURE_FIELDS = ("name", "num_classes", "in_channels", "seg_head", "width"
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint written by another architecture than the one the config asks for."""
+
+
+class CheckpointCorruptError(RuntimeError):
+  """A checkpoint of the right architecture whose files cannot be read (truncated, missing)."""
 
 
 def architecture(model_config) -> dict:
@@ -47,6 +53,7 @@ class RunCheckpoints:
     self.directory = os.path.abspath(directory)
     self.best_metric = best_metric
     self.best_mode = best_mode
+    self.keep = keep
     keepers = [policies.LatestN(n=keep)]
     if best_metric:
       keepers.append(policies.BestN(get_metric_fn=lambda m: m[best_metric],
@@ -86,7 +93,11 @@ class RunCheckpoints:
     """The retained step with the best validation metric (the latest if none has one)."""
     scored = []
     for step in self.all_steps():
-      m = (self.read_meta(step).get("metrics") or {}).get(self.best_metric)
+      try:
+        meta = self.read_meta(step)
+      except (OSError, ValueError):
+        continue   # unreadable: restore_newest_good reports it
+      m = (meta.get("metrics") or {}).get(self.best_metric)
       if m is not None and m == m:  # not NaN
         scored.append((m if self.best_mode == "max" else -m, step))
     return max(scored)[1] if scored else self.latest_step()
@@ -95,10 +106,16 @@ class RunCheckpoints:
     """Restores ``(state_dict, data_state, meta)`` into the abstract tree's structure.
 
     With ``model_config`` the saved architecture is compared first, so a checkpoint of
-    another network stops with a message naming both instead of a shape error.
+    another network stops with a message naming both instead of a shape error; a checkpoint
+    of the same architecture that cannot be read (a truncated or missing file) raises
+    :class:`CheckpointCorruptError`.
     """
-    meta = self.read_meta(step)
     where = os.path.join(self.directory, str(step))
+    try:
+      meta = self.read_meta(step)
+    except (OSError, ValueError) as e:
+      raise CheckpointCorruptError(f"Checkpoint {where} is incomplete or corrupt: its "
+                                   f"metadata cannot be read ({e}).") from e
     if model_config is not None and "architecture" in meta:
       want = architecture(model_config)
       if meta["architecture"] != want:
@@ -111,11 +128,58 @@ class RunCheckpoints:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state_dict), data=ocp.args.JsonRestore(),
           meta=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # pylint: disable=broad-except  # tensorstore raises many kinds
+      if model_config is not None and "architecture" in meta:   # same network: broken files
+        raise CheckpointCorruptError(
+            f"Checkpoint {where} is incomplete or corrupt ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else ''}).") from e
+      if not isinstance(e, (ValueError, KeyError, TypeError)):
+        raise
       raise CheckpointMismatchError(
           f"Checkpoint {where} does not fit the model of this config "
           f"({describe(architecture(model_config)) if model_config else 'unknown'}): {e}") from e
     return restored["state"], restored["data"], restored["meta"]
+
+  def restore_newest_good(self, abstract_state_dict: Any, model_config=None,
+                          steps: Optional[list] = None):
+    """``(step, state_dict, data_state, meta)`` of the newest checkpoint among ``steps``
+    (default: all, newest first) that restores. A corrupt one is reported with a warning
+    naming it and moved to ``<dir>.corrupt/<step>`` (kept, not deleted, and out of the way
+    of the step numbers the resumed run saves again); the one before it is used. Raises
+    when none restores."""
+    steps = sorted(self.all_steps(), reverse=True) if steps is None else list(steps)
+    problems = []
+    for step in steps:
+      try:
+        return (step,) + tuple(self.restore(step, abstract_state_dict, model_config))
+      except CheckpointCorruptError as e:
+        problems.append(str(e))
+        aside = os.path.join(self.directory + ".corrupt", str(step))
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        if os.path.exists(aside):
+          shutil.rmtree(aside)
+        os.replace(os.path.join(self.directory, str(step)), aside)
+        self.manager.reload()
+        logging.warning("%s Moved it to %s; trying the checkpoint before it.", e, aside)
+    raise CheckpointCorruptError("No checkpoint could be restored:\n  " + "\n  ".join(problems))
+
+  def prune(self) -> list[int]:
+    """Deletes the checkpoints the policy would not keep: all but the latest ``keep`` and
+    the best by ``best_metric`` (read from each checkpoint's own metadata). orbax applies
+    the policy as it saves, but only to checkpoints whose metrics it holds in memory, so
+    those written before an interruption were never deleted (keep=2 left four). Returns
+    the deleted steps."""
+    self.manager.wait_until_finished()
+    steps = sorted(self.all_steps())
+    keep = set(steps[-self.keep:]) if self.keep else set(steps)
+    if self.best_metric and steps:
+      keep.add(self.best_step())
+    gone = [s for s in steps if s not in keep]
+    for s in gone:
+      self.manager.delete(s)
+    if gone:
+      logging.info("Deleted checkpoints %s of %s (kept %s).", gone, self.directory, sorted(keep))
+    return gone
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -7,12 +7,15 @@ before JAX creates its backend.
 
 from __future__ import annotations
 
+import errno
+import os
+import sys
 from typing import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lib import experiment, parallel, xla_cpu
+from lib import experiment, files, parallel, xla_cpu
 
 
 def run(job: Callable, default_config: str, *, lock_config: bool = False) -> None:
@@ -33,6 +36,24 @@ def run(job: Callable, default_config: str, *, lock_config: bool = False) -> Non
       logging.info("XLA:CPU defaults (lib.xla_cpu.configure) added to XLA_FLAGS: %s",
                    " ".join(added))
     logging.info("Config:\n%s", config)
-    job(config, flags.FLAGS.workdir)
+    try:
+      job(config, flags.FLAGS.workdir)
+    except OSError as e:
+      if e.errno != errno.ENOSPC:
+        raise
+      stop_on_full_disk(e)
 
   app.run(main)
+
+
+def stop_on_full_disk(e: OSError) -> None:
+  """Ends the process with one short message when the disk is full. Unwinding normally
+  would bury it under pages of errors from background writers (orbax's async checkpoints,
+  asyncio) that fail the same way; every file this code writes is written atomically, so
+  what was complete before stays complete, and the same command resumes."""
+  message = e.strerror if isinstance(e, files.DiskFullError) else (
+      f"No space left on the device ({e.filename or e}): free some space and run the same "
+      "command again; it resumes from the last complete checkpoint.")
+  logging.error("%s", message)
+  print(f"ERROR: {message}", file=sys.stderr, flush=True)
+  os._exit(28)   # pylint: disable=protected-access  # errno ENOSPC; skips the noisy unwinding

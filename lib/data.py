@@ -14,11 +14,10 @@ and, for evaluation, ``weight`` float32 (B,) (0 for padding).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
-import json
 import logging
 import os
-import shutil
 from concurrent import futures
 from typing import Optional
 
@@ -26,7 +25,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from lib import datasets
+from lib import datasets, files
 from lib.datasets import manual
 from lib.datasets.manual import DataError
 
@@ -64,42 +63,58 @@ def default_data_dir() -> str:
 def get_builder(data_config):
   """Returns the prepared TFDS builder of a registered data set; builds it first if needed.
 
-  Builders over a manual_dir are rebuilt when the folder's fingerprint (file names and
-  sizes) differs from the one they were built from, so pointing at another copy of
-  BUSI never silently reuses the old one.
+  A data set read from a ``manual_dir`` is prepared once per *source*: under
+  ``<data_dir>/by_source/<fingerprint>/`` (the fingerprint of the folder's file names and
+  sizes), so another copy (or a changed one) gets its own prepared set and never replaces
+  or deletes the one another run is reading. Builds hold a lock, so runs or processes that
+  start together build once: the others wait and then read it (concurrent builds into one
+  folder used to fail on a rename or a timeout).
   """
   name = data_config.name
   spec = DATASETS[name]
   data_dir = data_config.get("data_dir") or default_data_dir()
   kwargs = spec.builder_kwargs(data_config) if spec.builder_kwargs else {}
-  if spec.manual_dir is None:  # generated data
-    builder = spec.builder(data_dir=data_dir, file_format="array_record", **kwargs)
-    if not _is_prepared(builder):
-      builder.download_and_prepare()
-    return builder
+  if spec.manual_dir is None:  # generated data: the builder config names its folder
+    return _prepared(lambda: spec.builder(data_dir=data_dir, file_format="array_record",
+                                          **kwargs), data_dir, name, {})
 
   import tensorflow_datasets as tfds
   manual_dir = os.path.abspath(os.path.expanduser(data_config.get("manual_dir") or
                                                   default_manual_dir(name)))
   # Validates the layout (and names the folder) before anything is written.
-  spec.builder.list_examples(manual_dir)
-  builder = spec.builder(data_dir=data_dir, file_format="array_record", **kwargs)
-  stamp = os.path.join(builder.data_dir, "source.json")
-  source = {"manual_dir": manual_dir, "fingerprint": manual.fingerprint(manual_dir)}
+  rows = spec.builder.list_examples(manual_dir)
+  fingerprint = manual.fingerprint(manual_dir, rows)
+  root = os.path.join(data_dir, "by_source", fingerprint[:16])
+  return _prepared(
+      lambda: spec.builder(data_dir=root, file_format="array_record", **kwargs), root, name,
+      {"download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)},
+      source={"manual_dir": manual_dir, "fingerprint": fingerprint})
+
+
+def _prepared(make, root: str, name: str, prepare_kwargs: dict, source: Optional[dict] = None):
+  """``make()``'s builder, prepared under an exclusive lock on ``<root>/<name>.lock``."""
+  builder = make()
   if _is_prepared(builder):
+    return builder
+  os.makedirs(root, exist_ok=True)
+  with open(os.path.join(root, f"{name}.lock"), "a") as lock:
     try:
-      with open(stamp) as f:
-        if json.load(f)["fingerprint"] == source["fingerprint"]:
-          return builder
-    except (OSError, ValueError, KeyError):
-      pass
-    logging.warning("Rebuilding %s: %s differs from the copy it was built from.", name, manual_dir)
-    shutil.rmtree(builder.data_dir)
-    builder = spec.builder(data_dir=data_dir, file_format="array_record", **kwargs)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  with open(stamp, "w") as f:
-    json.dump(source, f)
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      logging.info("Waiting for another process that is preparing %s in %s ...", name, root)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      builder = make()   # it may have been prepared while we waited
+      if not _is_prepared(builder):
+        if source is not None:
+          logging.info("Preparing %s from %s into %s (once per source copy).", name,
+                       source["manual_dir"], builder.data_dir)
+        builder.download_and_prepare(**prepare_kwargs)
+        if source is not None:
+          files.atomic_json(os.path.join(builder.data_dir, "source.json"), source)
+        builder = make()
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
   return builder
 
 

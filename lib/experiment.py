@@ -13,9 +13,8 @@ import os
 
 import jax
 import ml_collections
-import numpy as np
 
-from lib import checkpoint, data, models, parallel, torch_weights, train_step
+from lib import checkpoint, checks, data, files, models, parallel, torch_weights, train_step
 
 
 class _QuietLibraries(logging.Filter):
@@ -122,8 +121,78 @@ def transplant(variables, donor, stages) -> dict:
 
 def save_config(config, workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  files.atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+
+
+# Settings that do not change a run's numbers: a run may be resumed with other values.
+NUMERICS_FREE = ("log_every_steps", "async_checkpointing", "data.num_threads", "data.data_dir",
+                 "multihost", "checkpoint_keep", "eval_batch_size", "existing_run")
+EXISTING_RUN = ("refuse", "continue", "restart")
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+  """``field: old -> new`` for every setting that differs (and changes numbers)."""
+  a, b = _flatten(old), _flatten(new)
+  return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+          for k in sorted(set(a) | set(b)) if k not in NUMERICS_FREE and a.get(k) != b.get(k)]
+
+
+def prepare_workdir(config, workdir: str) -> None:
+  """Writes ``config.json`` into a train.py work dir, after checking that the dir does not
+  hold a run made with other settings (``config.existing_run``):
+
+  * ``refuse`` (default): stop, naming the settings that differ. Re-running a finished run
+    with another setting used to overwrite its ``config.json``, ``test_metrics.json`` and
+    ``report.md`` with the new setting's numbers (or, with another architecture, leave a
+    ``config.json`` that no longer loads the checkpoints);
+  * ``continue``: resume the run's checkpoints with the new settings (e.g. more epochs);
+    the old config is kept as ``config.previous-<n>.json``;
+  * ``restart``: move the old run aside to ``<workdir>.replaced-<n>`` and start afresh.
+  """
+  checks.choice(config.get("existing_run", "refuse"), EXISTING_RUN, "existing_run")
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    old = files.read_json(path)
+    differences = config_differences(old, json.loads(config.to_json_best_effort()))
+    mode = config.get("existing_run", "refuse")
+    if differences and mode == "refuse":
+      raise ValueError(
+          f"{workdir} holds a run made with other settings:\n  " + "\n  ".join(differences[:20])
+          + ("\n  ..." if len(differences) > 20 else "")
+          + "\nUse another --workdir, or --config.existing_run=continue (resume its checkpoints "
+          "with these settings) or --config.existing_run=restart (move it aside and start afresh).")
+    if differences and jax.process_index() == 0:
+      if mode == "continue":
+        kept = _free_name(os.path.join(workdir, "config.previous-{}.json"))
+        os.replace(path, kept)
+        logging.warning("Continuing %s with other settings (old config kept as %s):\n  %s",
+                        workdir, kept, "\n  ".join(differences))
+      else:
+        moved = _free_name(workdir.rstrip("/") + ".replaced-{}")
+        os.makedirs(moved)
+        for entry in os.listdir(workdir):   # all but the lock this job holds
+          if entry != files.LOCK_NAME:
+            os.replace(os.path.join(workdir, entry), os.path.join(moved, entry))
+        logging.warning("Moved the earlier run in %s to %s; starting afresh.", workdir, moved)
+  if jax.process_index() == 0:
+    save_config(config, workdir)
+
+
+def _free_name(template: str) -> str:
+  n = 1
+  while os.path.exists(template.format(n)):
+    n += 1
+  return template.format(n)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -143,37 +212,9 @@ def parse_checkpoints(value) -> list[str]:
   return checkpoints
 
 
-def check_eps(eps, where: str = "eps") -> float:
-  """An attack budget in pixel units: a finite number in [0, 1] (images are in [0, 1]).
-  Values above 1 that look like 0-255 units get a hint (8 -> 8/255 = 0.0314)."""
-  try:
-    value = float(eps)
-  except (TypeError, ValueError):
-    raise ValueError(f"{where}: {eps!r} is not a number.") from None
-  if not np.isfinite(value) or value < 0:
-    raise ValueError(f"{where}: eps {eps!r} must be a finite number >= 0 (pixels are in [0, 1]).")
-  if value > 1:
-    hint = (f" It looks like 0-255 units: use {value:g}/255 = {value / 255:.4f}."
-            if value <= 255 else "")
-    raise ValueError(f"{where}: eps {value:g} is above 1, but pixels are in [0, 1].{hint}")
-  return value
-
-
-CHECKPOINT_CHOICES = ("best", "latest")
-
-
-def check_which(which: str) -> str:
-  """``which`` if it names a checkpoint choice; else an error listing them (a typo such as
-  ``Best`` used to load the latest checkpoint without a word)."""
-  if which not in CHECKPOINT_CHOICES:
-    raise ValueError(f"which={which!r}: choose one of {', '.join(CHECKPOINT_CHOICES)} "
-                     "(the checkpoint with the best validation metric, or the last one).")
-  return which
-
-
 def _open_checkpoint(workdir: str, which: str, config):
   """The run's checkpointer and the step ``which`` (``best`` or ``latest``) names."""
-  check_which(which)
+  checks.check_which(which, "which")
   ckpt = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), best_metric=config.best_metric,
                                  best_mode=config.best_mode, async_save=False)
   return ckpt, ckpt.best_step() if which == "best" else ckpt.latest_step()
@@ -199,7 +240,7 @@ def run_names(workdirs) -> list[str]:
 def checkpoint_id(workdir: str, which: str = "best") -> str:
   """``<absolute run dir>@<step>`` of the checkpoint :func:`restore_model` would load: what
   a cached result was computed from."""
-  check_which(which)
+  checks.check_which(which, "which")
   ckpt, step = _open_checkpoint(workdir, which, load_config(workdir))
   ckpt.close()
   return f"{os.path.abspath(workdir)}@{step}"
@@ -212,7 +253,7 @@ def restore_model(workdir: str, which: str = "best", config=None, **overrides):
   ``overrides`` change model fields that keep the parameter tree, e.g.
   ``activation="softplus"`` or ``cam_layer="penultimate"``.
   """
-  check_which(which)
+  checks.check_which(which, "which")
   config = config or load_config(workdir)
   model = build_model(config, **overrides)
   ckpt, step = _open_checkpoint(workdir, which, config)

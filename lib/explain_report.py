@@ -10,7 +10,6 @@ same table as rows ``uniform map`` and ``centre point``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lib import data, experiment, metrics, models, parallel, report, saliency
+from lib import checks, data, experiment, files, metrics, models, parallel, report, saliency
 
 SUMMARY_COLUMNS = ("model", "method", "images_per_s", "lesion_energy", "pointing_game",
                    "top10_iou", "total_variation", "gini", "entropy", "deletion_auc",
@@ -180,10 +179,17 @@ def compare_models(results: dict, metrics_to_compare=("lesion_energy", "total_va
 
 
 def run_explain(config, workdir: str) -> list[dict]:
-  experiment.check_which(config.which)      # before anything is written
-  checkpoints = experiment.parse_checkpoints(config.checkpoints)
+  """``explain.py``'s job; the config is checked before anything is written, and the work
+  dir is locked while it runs."""
+  checks.check_which(config.which)
+  experiment.parse_checkpoints(config.checkpoints)
   check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  with files.WorkdirLock(workdir, "explain.py"):
+    return _explain(config, workdir)
+
+
+def _explain(config, workdir: str) -> list[dict]:
+  checkpoints = experiment.parse_checkpoints(config.checkpoints)
   rows, per_image, results = [], [], {}
   for name, ckpt in zip(experiment.run_names(checkpoints), checkpoints):
     explained = explain_checkpoint(ckpt, config)
@@ -208,12 +214,11 @@ def run_explain(config, workdir: str) -> list[dict]:
                                  config.figure_images)
   comparison = compare_models(results)
   comparison_table = report.write_table(comparison, os.path.join(workdir, "comparison"))
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(rows, f, indent=2)
+  files.atomic_json(os.path.join(workdir, "summary.json"), rows)
   report.write_table(per_image, os.path.join(workdir, "per_image"))
   table = report.write_table(rows, os.path.join(workdir, "summary"), SUMMARY_COLUMNS)
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write("# Explanation maps and their quality\n\n"
+  files.atomic_write(os.path.join(workdir, "report.md"), (
+            "# Explanation maps and their quality\n\n"
             f"Split `{config.split}`, target: {TARGETS[config.target]}. Means over images; "
             "lesion energy = fraction of the map's mass inside the lesion mask, pointing game = "
             "map maximum inside the mask, top10_iou = IoU of the top 10 % pixels with the mask, "
@@ -224,5 +229,5 @@ def run_explain(config, workdir: str) -> list[dict]:
             f"differences to the first model)\n\n{comparison_table}\n"
             + ("![models compared](compare_models.png)\n"
                if len(results) > 1 and config.figure_images else "")
-            + "".join(f"![maps](maps_{n}.png)\n" for n in results if config.figure_images))
+            + "".join(f"![maps](maps_{n}.png)\n" for n in results if config.figure_images)))
   return rows

@@ -112,16 +112,34 @@ def _ratio(xp, num, den2):
 
 
 def pearson(a, b):
-  """Per-example Pearson correlation of two batches of maps (0 where one is constant)."""
+  """Per-example Pearson correlation of two batches of maps.
+
+  Constant maps (no variation, e.g. an all-zero CAM) have no correlation; on the host they
+  get a defined value: 1 where both maps are constant (neither ranks any pixel above
+  another, so nothing changed), 0 where only one is (flag such images with
+  :func:`constant_map`). Under JAX (the attack objectives) a constant map gives 0, with a
+  finite gradient."""
   xp = _xp(a, b)
   a, b = _flat(a, xp), _flat(b, xp)
   a = a - a.mean(1, keepdims=True)
   b = b - b.mean(1, keepdims=True)
-  return _ratio(xp, (a * b).sum(1), (a ** 2).sum(1) * (b ** 2).sum(1))
+  saa, sbb = (a ** 2).sum(1), (b ** 2).sum(1)
+  r = _ratio(xp, (a * b).sum(1), saa * sbb)
+  if xp is np:
+    r = np.where((saa == 0) & (sbb == 0), 1.0, r)
+  return r
+
+
+def constant_map(m) -> np.ndarray:
+  """1 where a map is constant (Pearson and Spearman against it are defined, not measured:
+  see :func:`pearson`), else 0; host."""
+  f = _flat(m)
+  return (f.max(1) == f.min(1)).astype(np.float64)
 
 
 def spearman(a, b) -> np.ndarray:
-  """Spearman rank correlation with average ranks for ties (CAMs have many zeros); host."""
+  """Spearman rank correlation with average ranks for ties (CAMs have many zeros); host.
+  Constant maps as in :func:`pearson`: 1 when both are, 0 when one is."""
   from scipy.stats import rankdata
   return pearson(rankdata(_flat(a), axis=1), rankdata(_flat(b), axis=1))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Optional, Sequence
@@ -10,7 +11,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from lib import data
+from lib import data, files
 
 
 class MetricWriter:
@@ -25,6 +26,7 @@ class MetricWriter:
     self._tb = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
+      files.repair_jsonl(self.path)   # a line torn by a crash would corrupt the next one
       try:
         from tensorboardX import SummaryWriter
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -48,9 +50,7 @@ class MetricWriter:
       self._tb.close()
 
 
-def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+read_jsonl = files.read_jsonl
 
 
 def write_table(rows: Sequence[dict], path_stem: str, columns: Optional[Sequence[str]] = None,
@@ -61,16 +61,16 @@ def write_table(rows: Sequence[dict], path_stem: str, columns: Optional[Sequence
   if columns is None:  # every key, in order of first appearance
     columns = list(dict.fromkeys(k for r in rows for k in r))
   columns = list(columns)
-  with open(path_stem + ".csv", "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
+  buffer = io.StringIO(newline="")
+  w = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+  w.writeheader()
+  w.writerows(rows)
+  files.atomic_write(path_stem + ".csv", buffer.getvalue(), mode="w")
   fmt = lambda v: floatfmt.format(v) if isinstance(v, float) else str(v)
   md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   md += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
   text = "\n".join(md) + "\n"
-  with open(path_stem + ".md", "w") as f:
-    f.write(text)
+  files.atomic_write(path_stem + ".md", text)
   return text
 
 

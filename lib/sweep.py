@@ -10,7 +10,6 @@ not depend on the number of devices.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -20,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lib import attacks, data, experiment, metrics, models, parallel, report, saliency
+from lib import attacks, checks, data, experiment, files, metrics, models, parallel, report, saliency
 from lib import explanation_attacks  # noqa: F401  pylint: disable=unused-import  (registers 'explanation')
 
 RESULT_COLUMNS = ("model", "attack", "eps", "clean_accuracy", "accuracy", "sensitivity",
@@ -28,7 +27,8 @@ RESULT_COLUMNS = ("model", "attack", "eps", "clean_accuracy", "accuracy", "sensi
                   "linf_max", "l2_mean", "l2_max", "psnr_mean", "ssim_mean", "n")
 MAP_COLUMNS = ("model", "attack", "map_method", "eps", "map_label_kept", "spearman_median",
                "spearman_mean", "pearson_median", "top_k_intersection", "map_ssim",
-               "com_shift_px", "lesion_energy_clean", "lesion_energy_adv", "ssim_mean", "n")
+               "com_shift_px", "lesion_energy_clean", "lesion_energy_adv", "constant_maps",
+               "ssim_mean", "n")
 
 
 EXPLANATION = "explanation"
@@ -54,7 +54,7 @@ def check_attacks(specs) -> None:
   for spec in specs:
     attack_entry(spec)
     for e in dict(spec).get("eps") or ():
-      experiment.check_eps(e, f"eps of attack {attack_label(spec)}")
+      checks.check_eps(e, f"eps of attack {attack_label(spec)}")
     label = attack_label(spec)
     if label in labels and attack_key(spec) != attack_key(labels[label]):
       raise ValueError(f"Two attacks entries have the label {label!r} but different settings "
@@ -171,14 +171,17 @@ def map_image_metrics(clean_map, adv_map, clean_probs, adv_probs, masks=None,
                       top_k: float = 0.05) -> dict:
   """Per image, how much an attack changed the explanation: ``kept`` (the clean
   prediction survived), Spearman / Pearson / top-k intersection / SSIM between the clean
-  and the attacked map, their centre-of-mass shift (pixels), and the share of the map's
-  energy inside the lesion before and after (with masks)."""
+  and the attacked map, their centre-of-mass shift (pixels), the share of the map's
+  energy inside the lesion before and after (with masks), and ``constant_map`` (1 where the
+  clean or the attacked map is constant: its correlations are defined, not measured;
+  :func:`lib.metrics.pearson`)."""
   out = {"kept": (clean_probs.argmax(-1) == adv_probs.argmax(-1)).astype(np.float64),
          "spearman": metrics.spearman(clean_map, adv_map),
          "pearson": metrics.pearson(clean_map, adv_map),
          "top_k_intersection": metrics.top_k_intersection(clean_map, adv_map, top_k),
          "map_ssim": metrics.map_ssim(clean_map, adv_map),
-         "com_shift_px": metrics.center_of_mass_shift(clean_map, adv_map)}
+         "com_shift_px": metrics.center_of_mass_shift(clean_map, adv_map),
+         "constant_map": np.maximum(metrics.constant_map(clean_map), metrics.constant_map(adv_map))}
   if masks is not None:
     out["lesion_energy_clean"] = metrics.lesion_energy(clean_map, masks)
     out["lesion_energy_adv"] = metrics.lesion_energy(adv_map, masks)
@@ -195,6 +198,8 @@ def map_cell_metrics(m: dict) -> dict:
          "pearson_median": float(np.median(m["pearson"]))}
   row.update({k: float(m[k].mean()) for k in ("top_k_intersection", "map_ssim", "com_shift_px",
                                                "lesion_energy_clean", "lesion_energy_adv") if k in m})
+  if "constant_map" in m:   # correlations of constant maps are defined, not measured
+    row["constant_maps"] = float(m["constant_map"].mean())
   return row
 
 
@@ -248,16 +253,22 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter=None, 
 
 
 def run_sweep(config, workdir: str) -> list[dict]:
-  """The grid of ``config.checkpoints`` x ``config.attacks`` x ``config.eps``."""
-  experiment.check_which(config.which)      # before anything is written
-  checkpoints = experiment.parse_checkpoints(config.checkpoints)
+  """The grid of ``config.checkpoints`` x ``config.attacks`` x ``config.eps``; the config is
+  checked before anything is written, and the work dir is locked while the sweep runs."""
+  checks.check_which(config.which)
+  experiment.parse_checkpoints(config.checkpoints)
   for e in config.eps:
-    experiment.check_eps(e, "--config.eps")
+    checks.check_eps(e, "--config.eps")
   check_attacks(config.attacks)
   mesh = parallel.make_mesh(config.num_devices)
   if config.batch_size % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by {mesh.size} devices.")
-  os.makedirs(workdir, exist_ok=True)
+  with files.WorkdirLock(workdir, "attack.py"):
+    return _sweep(config, workdir, mesh)
+
+
+def _sweep(config, workdir: str, mesh) -> list[dict]:
+  checkpoints = experiment.parse_checkpoints(config.checkpoints)
   counter = TraceCounter()
   rows = previous_cells(config, workdir) if config.get("resume", True) else []
   grid = {}   # (model, attack) -> position in this grid: the order of the tables
@@ -330,8 +341,7 @@ def previous_cells(config, workdir: str) -> list[dict]:
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    previous = json.load(f)
+  previous = files.read_json(path)
   settings = previous.get("settings", {})
   for k in _RESUME_KEYS:
     if k in settings and k in config and settings[k] != config[k]:
@@ -409,9 +419,9 @@ def write_sweep_outputs(rows, workdir, compilations: int, config=None,
   """results.json (cells, the settings of :data:`_RESUME_KEYS`, ``complete`` once the whole
   grid is done), CSV/markdown tables, accuracy-against-eps plots and report.md."""
   settings = {k: config[k] for k in _RESUME_KEYS if config is not None and k in config}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"compilations": compilations, "complete": complete, "settings": settings,
-               "cells": rows}, f, indent=2)
+  files.atomic_json(os.path.join(workdir, "results.json"),
+                    {"compilations": compilations, "complete": complete, "settings": settings,
+                     "cells": rows})
   report.write_table(rows, os.path.join(workdir, "results"), RESULT_COLUMNS)
   summary = [{"model": r["model"], "attack": r["attack"], "eps": r["eps"], "accuracy": r["accuracy"],
               "balanced_accuracy": r["balanced_accuracy"], "auc": r["auc"],
@@ -431,13 +441,13 @@ def write_sweep_outputs(rows, workdir, compilations: int, config=None,
   check_text = ("\n".join(f"- {c}" for c in checks) if checks else
                 "none: accuracy falls with eps, iterative attacks beat FGSM, attacks beat noise "
                 "(for the attacks in this grid)")
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(f"# Attack sweep\n\n{compilations} compilation(s) in the run that wrote this "
-            f"({'whole grid done' if complete else 'grid not finished'}).\n\n{table}\n"
-            f"## Gradient-masking checks\n\n{check_text}\n\n"
-            "![accuracy against eps](accuracy_vs_eps.png)\n")
-    if map_table:
-      f.write("\n## Explanations under attack\n\nBetween the map of each clean image and of its "
-              "attacked copy (real model, each explaining its predicted class); `map_label_kept`: "
-              "share of images whose prediction the attack left unchanged.\n\n"
-              f"{map_table}\n![median Spearman against eps](spearman_vs_eps.png)\n")
+  text = (f"# Attack sweep\n\n{compilations} compilation(s) in the run that wrote this "
+          f"({'whole grid done' if complete else 'grid not finished'}).\n\n{table}\n"
+          f"## Gradient-masking checks\n\n{check_text}\n\n"
+          "![accuracy against eps](accuracy_vs_eps.png)\n")
+  if map_table:
+    text += ("\n## Explanations under attack\n\nBetween the map of each clean image and of its "
+             "attacked copy (real model, each explaining its predicted class); `map_label_kept`: "
+             "share of images whose prediction the attack left unchanged.\n\n"
+             f"{map_table}\n![median Spearman against eps](spearman_vs_eps.png)\n")
+  files.atomic_write(os.path.join(workdir, "report.md"), text)

@@ -10,7 +10,6 @@ finally evaluates the best checkpoint on the test split, writing
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -20,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lib import (adversarial, attacks, checkpoint, data, experiment, metrics, models, parallel,
+from lib import (adversarial, attacks, checkpoint, checks, data, files, experiment, metrics, models, parallel,
                  report, train_step)
 
 
@@ -105,6 +104,34 @@ def evaluate(eval_fn, variables, arrays: dict, config, mesh, *, return_predictio
   return out
 
 
+# Validation metrics that need images of every class (or of both, for binary tasks).
+NEEDS_EVERY_CLASS = ("val_auc", "val_sensitivity", "val_specificity", "val_balanced_accuracy")
+
+
+def check_classes(train_labels, val_labels, class_names, config) -> None:
+  """Stops when a class has no training images (its class weight would be made up and the
+  model never sees it), or no validation images while ``best_metric`` needs every class
+  (AUC, sensitivity... are undefined, and the "best" checkpoint would silently be the
+  latest). Names the data set, the split and the counts."""
+  where = f"{config.data.name} (label set {config.data.label_set!r}" + (
+      f", fold {config.data.fold} of {config.data.folds})" if config.data.get("folds") else ")")
+  for split, labels in (("train", train_labels), ("val", val_labels)):
+    counts = np.bincount(np.asarray(labels), minlength=len(class_names))
+    missing = [n for n, c in zip(class_names, counts) if c == 0]
+    if not missing:
+      continue
+    counted = ", ".join(f"{n} {c}" for n, c in zip(class_names, counts))
+    if split == "train":
+      raise data.DataError(f"The train split of {where} has no images of {missing} ({counted}): "
+                           "check the manifest's labels or choose another label_set.")
+    if config.best_metric in NEEDS_EVERY_CLASS:
+      raise data.DataError(
+          f"The val split of {where} has no images of {missing} ({counted}), so "
+          f"{config.best_metric} is undefined and the kept checkpoint would be the latest: "
+          "use --config.best_metric=val_accuracy (or '' for the last checkpoint), or a split "
+          "with every class in val.")
+
+
 def compile_eval(eval_model, mesh):
   """``(variables, batch, start) -> (probs, mask probs or None)`` for :func:`evaluate`."""
   return parallel.jit_batched(
@@ -122,7 +149,10 @@ def _check_finite(pending: list, start_step: int, last_ckpt: Optional[int], work
           f"Non-finite loss or gradient at step {step} (loss={float(m['loss'])}). The run "
           f"stopped; nothing after step {last_ckpt} was saved, and the last good checkpoint "
           f"is {os.path.join(workdir, 'checkpoints', str(last_ckpt)) if last_ckpt else 'none'}. "
-          "Lower the learning rate, enable grad_clip, or check the input data.")
+          "Lower the learning rate, enable grad_clip, or check the input data, and start "
+          "afresh (another --workdir, or --config.existing_run=restart): the loss may have "
+          "diverged before it became non-finite, so resuming from that checkpoint in this "
+          "work dir can fail again.")
   return fetched
 
 
@@ -133,7 +163,13 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
   killed there), for the resumption tests.
   """
   workdir = os.path.abspath(workdir)
-  experiment.save_config(config, workdir)
+  checks.check_train_config(config)          # before anything is written or built
+  with files.WorkdirLock(workdir, "train.py"):
+    experiment.prepare_workdir(config, workdir)
+    return _train(config, workdir, stop_after_step)
+
+
+def _train(config, workdir: str, stop_after_step: Optional[int]) -> dict:
   class_names = data.class_names(config.data)
   par = experiment.build_parallel(config)
   logging.info("Mesh of %d %s device(s), wrapper %s.", par.num_devices,
@@ -144,6 +180,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
   val = data.load_split(config.data, "val", config.image_size)
   logging.info("Data %s: %d train, %d val images at %d px (%.1f s).", config.data.name,
                len(train["label"]), len(val["label"]), config.image_size, time.time() - t0)
+  check_classes(train["label"], val["label"], class_names, config)
   steps_per_epoch = len(train["label"]) // config.batch_size
   total_steps = config.num_epochs * steps_per_epoch
 
@@ -162,9 +199,9 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
                                    process_count=jax.process_count())
   meta = {"architecture": checkpoint.architecture(config.model), "class_names": list(class_names)}
   start = ckpt.latest_step()
-  if start is not None:
+  if start is not None:   # a corrupt latest checkpoint: warned about, the one before is used
     template = checkpoint.abstract(train_step.state_to_dict(state), par.replicated)
-    state_dict, data_state, _ = ckpt.restore(start, template, config.model)
+    start, state_dict, data_state, _ = ckpt.restore_newest_good(template, config.model)
     state = train_step.state_from_dict(state, state_dict)
     train_iter.set_state(data_state)
     logging.info("Resumed from %s at step %d.", ckpt.directory, start)
@@ -227,6 +264,7 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
       if overfitted:
         break
     if stop_after_step is not None and done >= stop_after_step:
+      ckpt.prune()
       ckpt.close()
       writer.close()
       return {}
@@ -237,9 +275,11 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
 
 def final_test(config, workdir, ckpt, eval_fn, par, state, class_names) -> dict:
   """Restores the best checkpoint, evaluates it on test, writes report and figures."""
+  ckpt.prune()   # also those written before an interruption (orbax's policy misses them)
   best = ckpt.best_step()
   template = checkpoint.abstract(train_step.state_to_dict(par.get_state(state)), par.replicated)
-  state_dict, _, _ = ckpt.restore(best, template, config.model)
+  others = [s for s in sorted(ckpt.all_steps(), reverse=True) if s != best]
+  best, state_dict, _, _ = ckpt.restore_newest_good(template, config.model, [best] + others)
   ckpt.close()
   variables = {"params": state_dict["params"], "batch_stats": state_dict["batch_stats"]}
   test = data.load_split(config.data, "test", config.image_size)
@@ -249,8 +289,7 @@ def final_test(config, workdir, ckpt, eval_fn, par, state, class_names) -> dict:
   if jax.process_index() != 0:
     return test_metrics
   logging.info("test (step %d, %s): %s", best, kept_by(config), _fmt(test_metrics))
-  with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
-    json.dump(test_metrics, f, indent=2)
+  files.atomic_json(os.path.join(workdir, "test_metrics.json"), test_metrics)
   report.MetricWriter(workdir).write(best, {f"test_{k}": v for k, v in test_metrics.items()})
   log = report.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   report.plot_training_curves(log, os.path.join(workdir, "training_curves.png"))
@@ -269,11 +308,11 @@ def write_report(config, workdir, test_metrics) -> None:
   rows = [{"metric": k, "value": float(v) if isinstance(v, float) else v}
           for k, v in test_metrics.items()]
   table = report.write_table(rows, os.path.join(workdir, "test_metrics"))
-  with open(os.path.join(workdir, "report.md"), "w") as f:
-    f.write(f"# {config.data.name}: {config.model.name}"
-            f"{' + segmentation head' if config.model.seg_head else ''}, {config.image_size} px\n\n"
-            f"Test split, {kept_by(config)}:\n\n{table}\n"
-            "![training curves](training_curves.png)\n\n![test predictions](test_predictions.png)\n")
+  files.atomic_write(os.path.join(workdir, "report.md"), (
+      f"# {config.data.name}: {config.model.name}"
+      f"{' + segmentation head' if config.model.seg_head else ''}, {config.image_size} px\n\n"
+      f"Test split, {kept_by(config)}:\n\n{table}\n"
+      "![training curves](training_curves.png)\n\n![test predictions](test_predictions.png)\n"))
 
 
 def kept_by(config) -> str:

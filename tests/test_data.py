@@ -174,6 +174,54 @@ def test_corrupt_image_is_named(original_busi, tmp_path):
     data.get_builder(c.data)
 
 
+def test_each_source_copy_is_prepared_once_and_never_deleted(original_busi, tmp_path_factory):
+  """Issue 27, case 8: pointing manual_dir at another (or a broken) copy with the same
+  data_dir deleted the good prepared set before the rebuild failed; two runs with
+  different copies crashed each other."""
+  import glob
+  import shutil
+  elsewhere = tmp_path_factory.mktemp("elsewhere")    # not inside the manual_dir
+  tfds_dir = str(elsewhere / "tfds")
+  a = _config(name="busi", manual_dir=str(original_busi), data_dir=tfds_dir)
+  first = data.load_split(a.data, "train", 40)
+  other = elsewhere / "other_copy"
+  shutil.copytree(original_busi, other)
+  for f in (other / "Dataset_BUSI_with_GT" / "benign").glob("benign (12)*"):
+    f.unlink()                                              # a different copy
+  b = _config(name="busi", manual_dir=str(other), data_dir=tfds_dir)
+  assert data.get_builder(b.data).data_dir != data.get_builder(a.data).data_dir
+  broken = elsewhere / "broken_copy"
+  shutil.copytree(original_busi, broken)
+  (broken / "Dataset_BUSI_with_GT" / "malignant" / "malignant (3).png").write_bytes(
+      b"\x89PNG\r\n\x1a\n not really")
+  c = _config(name="busi", manual_dir=str(broken), data_dir=tfds_dir)
+  with pytest.raises(Exception, match=r"malignant \(3\)\.png"):
+    data.get_builder(c.data)
+  again = data.load_split(a.data, "train", 40)               # the first copy's set is intact
+  assert again["id"] == first["id"] and np.array_equal(again["image"], first["image"])
+  prepared = glob.glob(os.path.join(tfds_dir, "by_source", "*", "busi", "*", "dataset_info.json"))
+  assert len(prepared) == 2
+
+
+def test_processes_that_start_together_build_a_data_set_once(original_busi, tmp_path):
+  """Issue 21, point 2: two processes building into one folder failed (rename, timeout)."""
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("import sys; sys.path.insert(0, %r)\n"
+          "from configs import default\nfrom lib import data\n"
+          "c = default.get_config('test'); c.data.name = 'busi'\n"
+          "c.data.manual_dir, c.data.data_dir = %r, %r\n"
+          "print(len(data.load_split(c.data, 'train', 32)['label']))\n"
+          % (root, str(original_busi), str(tmp_path / "tfds")))
+  procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+  assert outs[0][0].split()[-1] == outs[1][0].split()[-1]            # the same split
+  assert sum("Downloading and preparing" in o[0] for o in outs) == 1   # built once
+
+
 def test_malformed_manifest_names_missing_columns(tmp_path):
   (tmp_path / "manifest.csv").write_text("id,label\nx,benign\n")
   with pytest.raises(manual.DataError, match=r"missing column\(s\) \['image', 'mask', 'split'\]"):

@@ -45,3 +45,20 @@ def test_dice():
   a[0, :2] = True      # 8 pixels
   b[0, :1] = True      # 4 pixels, all inside a
   np.testing.assert_allclose(metrics.dice_score(a, b), [2 * 4 / 12, 1.0])
+
+
+def test_correlations_of_constant_maps_are_defined_and_flagged():
+  """Issue 27, case 6: Spearman of two identical all-zero maps was 0 ("changed"), and a
+  claim "Spearman < 0.5" was judged held on such maps."""
+  zero, flat = np.zeros((1, 4, 4)), np.full((1, 4, 4), 0.3)
+  ramp = np.arange(16, dtype=float).reshape(1, 4, 4)
+  assert metrics.spearman(zero, zero)[0] == 1.0 and metrics.pearson(zero, zero)[0] == 1.0
+  assert metrics.spearman(zero, flat)[0] == 1.0            # neither ranks any pixel
+  assert metrics.spearman(zero, ramp)[0] == 0.0            # defined, and flagged:
+  assert metrics.constant_map(np.concatenate([zero, ramp, flat])).tolist() == [1.0, 0.0, 1.0]
+  assert metrics.spearman(ramp, ramp)[0] == pytest.approx(1.0)
+  assert metrics.spearman(ramp, -ramp)[0] == pytest.approx(-1.0)
+  import jax
+  import jax.numpy as jnp
+  g = jax.grad(lambda m: metrics.pearson(m, jnp.asarray(ramp)).sum())(jnp.zeros((1, 4, 4)))
+  assert np.isfinite(np.asarray(g)).all()                  # the attack objective's gradient

@@ -326,7 +326,8 @@ def test_a_summarised_repetition_outlives_its_work_dir(study_run, tmp_path):
   resumed = again.copy_and_resolve_references()
   resumed.stages = ("train", "evaluate", "summarise")      # nothing committed is redone
   assert not study.run_study(resumed, str(tmp_path / "gone"))["missing"]
-  assert not (tmp_path / "gone").exists() or not list((tmp_path / "gone").rglob("*"))
+  written = [p for p in (tmp_path / "gone").rglob("*") if p.name != ".lock"]   # the job's lock
+  assert not written
   fresh = (tmp / "results" / "README.md").read_text().split("Wall time")[1]
   assert (results / "README.md").read_text().split("Wall time")[1] == fresh
   summary_files = {p: p.read_bytes() for p in results.iterdir()}
@@ -356,3 +357,25 @@ def test_a_summarised_repetition_outlives_its_work_dir(study_run, tmp_path):
   assert partial["missing"] == ["mtl/seed0_fold1"]
   kept = study.read_records(str(path))
   assert set(kept["fold"]) == {0.0} and len(kept["id"]) == sum(r["fold"] == "0.0" for r in rows)
+
+
+def test_committed_records_of_other_settings_are_refused_not_reused(study_run, tmp_path):
+  """Issue 27, case 5: a study with another grid reused the committed records (training and
+  evaluating nothing) and rewrote study_config.json with settings its tables did not show."""
+  from configs.studies import common
+  s, tmp, _ = study_run
+  results = tmp_path / "results"
+  shutil.copytree(tmp / "results", results)
+  before = (results / "study_config.json").read_bytes()
+  other = s.copy_and_resolve_references()
+  other.results_dir = str(results)
+  other.attacks = tuple(s.attacks) + (common.attack("pgd", steps=2),)
+  with pytest.raises(ValueError, match=r"per_image_\w+_seed0.csv holds this study's records "
+                                       r"made with other settings.*pgd-2@"):
+    study.run_study(other, str(tmp_path / "fresh"))
+  assert (results / "study_config.json").read_bytes() == before
+  assert not (tmp_path / "fresh").exists()
+  assert study.results_path(other) == str(results)
+  other.results_dir = "results/x"                       # relative: under the repository
+  assert study.results_path(other) == os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "x")

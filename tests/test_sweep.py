@@ -34,9 +34,12 @@ def test_sweep_compiles_once_per_attack_and_writes_outputs(trained, tmp_path):
   assert len([n for n in os.listdir(tmp_path) if n.startswith("examples_")]) == len(c.attacks)
   keep = [r for r in rows if r["attack"].startswith("grad_cam-keep")]
   assert keep and all(r["map_label_kept"] == 1.0 for r in keep)
-  # The map moved (how far against other attacks: tests/test_explanation_attacks.py); eps 0
-  # moves none (below).
-  assert keep[0]["spearman_median"] < 0.95
+  # The map moved (how far, against noise: tests/test_explanation_attacks.py); eps 0 moves
+  # none (below). Not the median: on this tiny model about half the Grad-CAMs are blank
+  # (all zero after the ReLU) before or after the attack, and a pair of blank maps has
+  # Spearman 1 (nothing ranked, nothing changed; issue 27), so the median sits near 1 while
+  # the mean shows the maps that did move (0.75 here); `constant_maps` reports the share.
+  assert keep[0]["spearman_mean"] < 0.99 and 0.0 <= keep[0]["constant_maps"] <= 1.0
   for r in rows:
     assert r["map_method"] == "grad_cam" and -1.0 <= r["spearman_median"] <= 1.0
   zero = [r for r in rows if r["eps"] == 0.0]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from lib import checkpoint, experiment, trainer
+from lib import checkpoint, checks, experiment, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,8 +70,10 @@ def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
   workdir = str(tmp_path)
   trainer.train_and_evaluate(_config(), workdir, stop_after_step=4)
   before = _params(workdir)
-  with pytest.raises(trainer.NonFiniteLossError, match=r"step 5 .*checkpoints/4"):
-    trainer.train_and_evaluate(_config(learning_rate=float("nan")), workdir)
+  nan = _config(existing_run="continue")        # a NaN learning rate is refused up front
+  nan.loss.mask_weight = float("nan")
+  with pytest.raises(trainer.NonFiniteLossError, match=r"(?s)step 5 .*checkpoints/4.*afresh"):
+    trainer.train_and_evaluate(nan, workdir)
   ckpt = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"))
   assert ckpt.all_steps() == [4]
   _assert_same_tree(before, _params(workdir))
@@ -91,7 +93,7 @@ def test_the_kept_checkpoint_is_the_best_by_best_metric_or_else_the_last(tmp_pat
 def test_checkpoint_of_another_architecture_is_named(tmp_path):
   workdir = str(tmp_path)
   trainer.train_and_evaluate(_config(), workdir, stop_after_step=4)
-  other = _config()
+  other = _config(existing_run="continue")   # past the settings check, to the checkpoint
   other.model.width = 16
   with pytest.raises(checkpoint.CheckpointMismatchError, match=r"(?s)width=8.*width=16"):
     trainer.train_and_evaluate(other, workdir)
@@ -118,15 +120,126 @@ def test_sigkill_and_restart_of_train_py(full_run, tmp_path):
 def test_a_checkpoint_choice_typo_is_an_error_not_the_latest(tmp_path):
   # `--config.which=Best` used to evaluate the latest checkpoint without a word (issue 27)
   for fn in (experiment.restore_model, experiment.checkpoint_id):
-    with pytest.raises(ValueError, match=r"which='Best': choose one of best, latest"):
+    with pytest.raises(ValueError, match=r"which: 'Best' is not one of 'best', 'latest' "
+                                         r"\(did you mean 'best'\?\)"):
       fn(str(tmp_path), "Best")
-  assert experiment.check_which("latest") == "latest"
+  assert checks.check_which("latest") == "latest"
   # attack.py and explain.py stop before they write anything
   from configs import attack_sweep, explain
   from lib import explain_report, sweep
   for job, config in ((sweep.run_sweep, attack_sweep.get_config()),
                       (explain_report.run_explain, explain.get_config())):
     config.which, config.checkpoints = "Best", str(tmp_path)
-    with pytest.raises(ValueError, match="choose one of best, latest"):
+    with pytest.raises(ValueError, match="is not one of 'best', 'latest'"):
       job(config, str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_finished_run_is_a_record(full_run, tmp_path):
+  """Re-running train.py on a finished run with another setting used to overwrite its
+  config.json, test_metrics.json and report.md (issue 27, case 1)."""
+  import shutil
+  workdir = str(tmp_path / "run")
+  shutil.copytree(full_run[0], workdir)
+  before = {n: open(os.path.join(workdir, n)).read()
+            for n in ("config.json", "test_metrics.json", "report.md")}
+  with pytest.raises(ValueError, match=r"(?s)other settings:.*image_size: 32 -> 48.*existing_run"):
+    trainer.train_and_evaluate(_config(image_size=48), workdir)
+  other = _config()
+  other.model.width = 16
+  with pytest.raises(ValueError, match=r"model.width: 8 -> 16"):
+    trainer.train_and_evaluate(other, workdir)
+  for name, text in before.items():
+    assert open(os.path.join(workdir, name)).read() == text, name
+  # The same settings (or ones that change no number) resume: nothing to train.
+  assert trainer.train_and_evaluate(_config(log_every_steps=1), workdir) == full_run[1]
+  # restart: the old run is moved aside whole, and a new one trains.
+  restarted = trainer.train_and_evaluate(_config(num_epochs=1, existing_run="restart"), workdir)
+  assert restarted["best_step"] == 4
+  assert json.load(open(os.path.join(workdir + ".replaced-1", "test_metrics.json"))) == full_run[1]
+  assert json.load(open(os.path.join(workdir, "config.json")))["num_epochs"] == 1
+
+
+def test_config_mistakes_stop_before_anything_is_built(tmp_path):
+  """Typos and impossible values name the field and the choices, before data or model
+  (issue 27, case 14)."""
+  cases = [({"best_metric": "val_acc"}, r"best_metric: 'val_acc' is not one of .*did you mean"),
+           ({"num_epochs": 0}, r"num_epochs: 0 must be an integer >= 1"),
+           ({"optimizer": "adam"}, r"optimizer: 'adam' is not one of 'adamw', 'sgd'"),
+           ({"learning_rate": float("nan")}, r"learning_rate: nan must be > 0"),
+           ({"parallel": "pmapp"}, r"did you mean 'pmap'")]
+  for overrides, match in cases:
+    with pytest.raises(ValueError, match=match):
+      trainer.train_and_evaluate(_config(**overrides), str(tmp_path / "w"))
+  c = _config()
+  c.adv.method, c.adv.eps = "pgdd", 0.004
+  with pytest.raises(ValueError, match=r"adv.method: 'pgdd'.*did you mean 'pgd'"):
+    trainer.train_and_evaluate(c, str(tmp_path / "w"))
+  c.adv.method, c.adv.eps = "pgd", 8
+  with pytest.raises(ValueError, match=r"adv.eps: eps 8 is above 1.*8/255 = 0.0314"):
+    trainer.train_and_evaluate(c, str(tmp_path / "w"))
+  c = _config()
+  c.data.name = "bussi"
+  with pytest.raises(ValueError, match=r"Unknown data set 'bussi' \(did you mean 'busi'\?\)"):
+    trainer.train_and_evaluate(c, str(tmp_path / "w"))
+  c = _config()
+  c.model.name = "resnet19"
+  with pytest.raises(ValueError, match=r"model.name: 'resnet19'.*did you mean 'resnet18'"):
+    trainer.train_and_evaluate(c, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_class_without_images_stops_training_with_the_counts():
+  """Issue 27, case 7: a one-class manifest trained with a made-up class weight and NaN AUCs,
+  and "best by val_auc" silently became the latest checkpoint."""
+  c = _config()
+  names = ("benign", "malignant")
+  trainer.check_classes(np.array([0, 1, 1]), np.array([0, 1]), names, c)   # fine
+  with pytest.raises(ValueError, match=r"train split of synthetic_lesions .* no images of "
+                                       r"\['malignant'\] \(benign 3, malignant 0\)"):
+    trainer.check_classes(np.array([0, 0, 0]), np.array([0, 1]), names, c)
+  with pytest.raises(ValueError, match=r"val split .*val_auc is undefined.*best_metric=val_accuracy"):
+    trainer.check_classes(np.array([0, 1]), np.array([0, 0]), names, c)
+  c.best_metric = "val_accuracy"
+  trainer.check_classes(np.array([0, 1]), np.array([0, 0]), names, c)      # accuracy is defined
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete_manifest"])
+def test_a_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(full_run, tmp_path,
+                                                                          caplog, damage):
+  """Issue 27, case 10: a truncated file stopped the run with a raw tensorstore error, a
+  deleted manifest.ocdbt with "does not fit the model"; deleting the step by hand resumed
+  bit-identically. The run now does that itself, keeping the broken step aside."""
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(_config(), workdir, stop_after_step=9)   # checkpoints 4 and 8
+  step_dir = os.path.join(workdir, "checkpoints", "8")
+  if damage == "truncate":
+    victims = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(step_dir, "state"))
+               for f in fs if os.path.getsize(os.path.join(d, f)) > 1000]
+    for v in victims:
+      with open(v, "r+b") as f:
+        f.truncate(os.path.getsize(v) // 2)
+  else:
+    victims = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs
+               if f == "manifest.ocdbt"]
+    for v in victims:
+      os.remove(v)
+  assert victims
+  with caplog.at_level("WARNING"):
+    metrics = trainer.train_and_evaluate(_config(), workdir)
+  assert any("checkpoints/8 is incomplete or corrupt" in r.getMessage() for r in caplog.records)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints.corrupt", "8"))    # kept aside
+  _assert_same_tree(_params(full_run[0]), _params(workdir))                 # resumed from 4
+  assert metrics == full_run[1]
+
+
+def test_checkpoints_from_before_an_interruption_are_pruned(full_run, tmp_path):
+  """Issue 27, case 13 (and issue 21, point 6): keep=2 left 4, 8 and 12 after a resume."""
+  workdir = str(tmp_path / "run")
+  trainer.train_and_evaluate(_config(), workdir, stop_after_step=6)
+  trainer.train_and_evaluate(_config(), workdir)
+  uninterrupted = sorted(os.listdir(os.path.join(full_run[0], "checkpoints")))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == uninterrupted
+  steps = sorted(int(s) for s in uninterrupted if s.isdigit())
+  ckpt = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), best_metric="val_auc")
+  assert set(steps) == {8, 12, ckpt.best_step()}        # the latest two and the best

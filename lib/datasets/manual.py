@@ -73,14 +73,17 @@ def hash_split(ids_by_label: dict[str, list[str]], test=0.2, val=0.1) -> dict[st
   return out
 
 
-def fingerprint(manual_dir: str) -> str:
-  """A cheap fingerprint of a manual_dir: names and sizes of all files below it."""
+def fingerprint(manual_dir: str, rows: Sequence[dict]) -> str:
+  """A cheap fingerprint of what a builder reads from a manual_dir: every example's id,
+  label, split and group (the manifest's content) and the names and sizes of its image and
+  mask files. Other files in the folder (a README, a TFDS data dir put inside it) do not
+  count."""
   h = hashlib.sha256()
-  for root, dirs, files in os.walk(manual_dir):
-    dirs.sort()
-    for name in sorted(files):
-      p = os.path.join(root, name)
-      h.update(f"{os.path.relpath(p, manual_dir)}:{os.path.getsize(p)}\n".encode())
+  for r in sorted(rows, key=lambda r: r["id"]):
+    paths = [r["image"]] + list(r.get("masks", []))
+    h.update(repr((r["id"], r["label"], r["split"], r["group"],
+                   [(os.path.relpath(p, manual_dir), os.path.getsize(p)) for p in paths]))
+             .encode() + b"\n")
   return h.hexdigest()[:16]
 
 

@@ -20,7 +20,7 @@ import re
 import ml_collections
 import numpy as np
 
-from lib import data, experiment, explain_report, saliency, sweep
+from lib import checks, data, explain_report, saliency, sweep
 from lib.study.statistics import CLASSIFICATION, SENS_AT_SPEC
 
 STAGES = ("train", "evaluate", "figures", "summarise")
@@ -34,7 +34,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 # saliency method, the keys of lib.explain_report.map_quality.
 BASE_COLUMNS = ("prob", "correct", "label")
 ATTACK_FIELDS = ("adv_correct", "adv_prob")
-MAP_FIELDS = ("kept", "spearman", "pearson", "top_k_intersection", "map_ssim", "com_shift_px")
+MAP_FIELDS = ("kept", "spearman", "pearson", "top_k_intersection", "map_ssim", "com_shift_px",
+              "constant_map")
 MASK_FIELDS = ("lesion_energy_clean", "lesion_energy_adv")
 
 
@@ -165,7 +166,7 @@ def check_study_config(study) -> None:
   saliency methods are checked against their registries first."""
   sweep.check_attacks(study.attacks)
   for e in study.eps:
-    experiment.check_eps(e, f"study {study.name}: eps")
+    checks.check_eps(e, f"study {study.name}: eps")
   for method in study.methods:
     saliency.METHODS[method]
   has_masks = _has_masks(study)

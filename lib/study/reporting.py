@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from lib import report
+from lib import files, report
 from lib.study.config import all_runs, eval_dir, run_dir
 
 
@@ -120,8 +120,7 @@ def wall_times(study, workdir: str, results_dir: str) -> dict:
     if here:
       key = f"{m.name}/seed{seed}_fold{fold}"
       runs[key] = {"train": 0.0, "eval": 0.0, **runs.get(key, {}), **here}
-  with open(path, "w") as f:
-    json.dump(runs, f, indent=1, sort_keys=True)
+  files.atomic_json(path, runs, indent=1, sort_keys=True)
   return {str(seed): {stage: sum(v[stage] for k, v in runs.items() if f"/seed{seed}_" in k)
                       for stage in ("train", "eval")} for seed in study.seeds}
 
@@ -172,8 +171,8 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
   per_seed = wall_times(study, workdir, results_dir)
   selected = checkpoint_selection(study, workdir, results_dir)
   seconds = {k: sum(t[k] for t in per_seed.values()) for k in ("train", "eval")}
-  with open(os.path.join(results_dir, "study_config.json"), "w") as f:
-    f.write(study.to_json_best_effort(indent=2))
+  files.atomic_write(os.path.join(results_dir, "study_config.json"),
+                     study.to_json_best_effort(indent=2))
   notes_path = os.path.join(results_dir, "notes.md")
   notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   lines = [f"# {study.title}", "", f"**The study's claim.** {study.claim}", ""]
@@ -224,5 +223,4 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
             + "; ".join(f"seed {k}: {t['train'] / 3600:.2f} h + {t['eval'] / 3600:.2f} h"
                         for k, t in per_seed.items() if t["train"] + t["eval"])
             + ").", ""]
-  with open(os.path.join(results_dir, "README.md"), "w") as f:
-    f.write("\n".join(lines))
+  files.atomic_write(os.path.join(results_dir, "README.md"), "\n".join(lines))

@@ -9,7 +9,6 @@ and README by :mod:`lib.study.reporting`).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -18,9 +17,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from lib import data, experiment, explain_report, models, parallel, report, sweep, trainer
-from lib.study.config import (STAGES, all_runs, check_study_config, eval_dir, run_dir,
-                              train_config_for)
+from lib import data, experiment, explain_report, files, models, parallel, report, sweep, trainer
+from lib.study.config import (STAGES, all_runs, check_study_config, eval_dir, measured_columns,
+                              run_dir, train_config_for)
 from lib.study.records import (committed_records, out_of_fold, read_records, with_folds,
                                write_records)
 from lib.study.reporting import plot_eps_curves, plot_metrics, write_readme
@@ -40,8 +39,7 @@ def train_run(study, m, seed: int, fold: int, workdir: str) -> str:
                fold + 1, study.folds, rd)
   t0 = time.time()
   trainer.train_and_evaluate(train_config_for(study, m, seed, fold, workdir), rd)
-  with open(os.path.join(rd, "train_time.json"), "w") as f:
-    json.dump({"seconds": time.time() - t0}, f)
+  files.atomic_json(os.path.join(rd, "train_time.json"), {"seconds": time.time() - t0})
   return rd
 
 
@@ -155,8 +153,7 @@ def plot_figures(study, workdir: str, results_dir: str, seed: int) -> None:
           has_masks=data.DATASETS[config.data.name].has_masks, cache=_COMPILED)
       _plot_examples(study, spec, arrays, examples, class_names, results_dir, m.name)
   plot_first_fold_maps(study, workdir, results_dir, seed=seed, overwrite=True)
-  with open(os.path.join(results_dir, "figures.json"), "w") as f:
-    json.dump({"seed": seed, "fold": 0}, f)
+  files.atomic_json(os.path.join(results_dir, "figures.json"), {"seed": seed, "fold": 0})
 
 
 def evaluate_once(study, rd: str, out_dir: str, model_name: str, *,
@@ -167,8 +164,7 @@ def evaluate_once(study, rd: str, out_dir: str, model_name: str, *,
   logging.info("Study %s: evaluating %s -> %s", study.name, rd, out_dir)
   t0 = time.time()
   evaluate_run(study, rd, out_dir=out_dir, figures_to=figures_to, model_name=model_name)
-  with open(os.path.join(out_dir, "eval_time.json"), "w") as f:
-    json.dump({"seconds": time.time() - t0}, f)
+  files.atomic_json(os.path.join(out_dir, "eval_time.json"), {"seconds": time.time() - t0})
 
 
 def plot_first_fold_maps(study, workdir: str, results_dir: str, *, seed: int | None = None,
@@ -237,13 +233,55 @@ def run_study(study, workdir: str) -> dict:
   from another repetition (:func:`plot_figures`), ``summarise`` them all. Returns the
   summary (empty without ``summarise``: a pass over one seed does not overwrite the
   study's summary of all of them). The config is checked first
-  (:func:`lib.study.config.check_study_config`)."""
-  results_dir = study.results_dir
+  (:func:`lib.study.config.check_study_config`), and so are the committed records it would
+  reuse (:func:`check_committed_records`). A relative ``results_dir`` is under the
+  repository (where the committed studies live), whatever the current directory."""
+  results_dir = results_path(study)
   stages = tuple(study.get("stages", ("train", "evaluate", "summarise")))
   if unknown := set(stages) - set(STAGES):
     raise ValueError(f"Unknown stage(s) {sorted(unknown)} in --config.stages: the stages are "
                      f"{', '.join(STAGES)}.")
   check_study_config(study)   # a misspelt metric stops here, before anything is written
+  check_committed_records(study, results_dir)
+  logging.info("Study %s: runs in %s, results in %s.", study.name, os.path.abspath(workdir),
+               results_dir)
+  if set(stages) == {"summarise"}:   # writes only results_dir: no work dir, no lock needed
+    return _run_stages(study, workdir, results_dir, stages)
+  with files.WorkdirLock(workdir, "study.py"):
+    return _run_stages(study, workdir, results_dir, stages)
+
+
+def results_path(study) -> str:
+  """``study.results_dir``, a relative one taken from the repository root."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return os.path.normpath(os.path.join(root, study.results_dir))
+
+
+def check_committed_records(study, results_dir: str) -> None:
+  """Refuses to reuse committed records made with other settings: a record is reused in
+  place of a run (never retrained), so if this config measures a column the committed
+  ``per_image_*.csv`` lacks (another eps, attack or method), the study would summarise the
+  old numbers under the new config (it used to, and rewrote ``study_config.json`` with
+  the new eps while its tables showed the old ones)."""
+  committed = committed_records(study, results_dir)
+  if not committed:
+    return
+  # One column per attack, eps and method identifies what was measured (fields added to
+  # the evaluation later, such as constant_map, are not required of older records).
+  want = {c for c in measured_columns(study)
+          if c.endswith(":adv_correct") or c.endswith(":total_variation")}
+  for (model, seed, _), rec in sorted(committed.items()):
+    missing = sorted(want - set(rec))
+    if missing:
+      path = os.path.join(results_dir, f"per_image_{model}_seed{seed}.csv")
+      raise ValueError(
+          f"{path} holds this study's records made with other settings: it lacks "
+          f"{len(missing)} column(s) this config measures, e.g. {missing[:3]}. Use another "
+          "--config.results_dir for a study with other settings, or move that file aside "
+          "to redo its runs.")
+
+
+def _run_stages(study, workdir: str, results_dir: str, stages) -> dict:
   os.makedirs(results_dir, exist_ok=True)
   committed = committed_records(study, results_dir)
   for m, seed, fold in all_runs(study):   # each run evaluated as soon as it is trained
