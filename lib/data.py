@@ -393,8 +393,12 @@ def train_iterator(arrays: dict, config, *, process_index: int = 0, process_coun
             "has_mask": np.full((len(y),), has_mask, np.float32)}
 
   ds = grain.MapDataset.range(n).shuffle(seed=config.seed).repeat(None)
-  ds = ds[process_index::process_count].map(element)
-  ds = ds.random_map(augmented, seed=config.seed + 1)
+  # Augment before taking this process's slice: each example's augmentation rng comes from
+  # its position in the global stream, so a step sees the same images whatever the number
+  # of processes (sliced after, it depended on it; issue 21). The dataset is lazy: each
+  # process still decodes and augments only its own examples.
+  ds = ds.map(element).random_map(augmented, seed=config.seed + 1)
+  ds = ds[process_index::process_count]
   ds = ds.batch(local, drop_remainder=True, batch_fn=collate)
   threads = config.data.get("num_threads", 2)
   read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(4, threads))

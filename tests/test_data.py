@@ -81,6 +81,22 @@ def test_train_iterator_is_deterministic_and_resumable():
   assert np.bincount(epoch1).tolist() == np.bincount(arrays["label"]).tolist()
 
 
+def test_augmentation_does_not_depend_on_the_number_of_processes():
+  """Issue 21, point 3: the augmentation rng was drawn after the per-process slice, so
+  2 processes x 2 devices trained on other images than 1 x 4 (step-2 loss 2.337 vs 2.447)."""
+  c = _config()
+  arrays = data.load_split(c.data, "train", 32)
+  key = lambda x: sorted(map(bytes, x.reshape(len(x), -1)))
+  whole = data.train_iterator(arrays, c)
+  parts = [data.train_iterator(arrays, c, process_index=p, process_count=P)
+           for P in (2, 4) for p in range(P)]
+  for _ in range(3):                                        # steps, across an epoch boundary
+    w = next(whole)["image"]
+    got = [next(it)["image"] for it in parts]
+    assert key(np.concatenate(got[:2])) == key(w)           # 2 processes
+    assert key(np.concatenate(got[2:])) == key(w)           # 4 processes
+
+
 def test_processes_read_disjoint_halves_of_each_global_batch():
   c = _config()
   c.data.augment.crop_scale = 1.0
