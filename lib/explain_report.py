@@ -182,14 +182,13 @@ def run_explain(config, workdir: str) -> list[dict]:
   """``explain.py``'s job; the config is checked before anything is written, and the work
   dir is locked while it runs."""
   checks.check_which(config.which)
-  experiment.parse_checkpoints(config.checkpoints)
+  checkpoints = experiment.parse_checkpoints(config.checkpoints)
   check_config(config)
   with files.WorkdirLock(workdir, "explain.py"):
-    return _explain(config, workdir)
+    return _explain(config, workdir, checkpoints)
 
 
-def _explain(config, workdir: str) -> list[dict]:
-  checkpoints = experiment.parse_checkpoints(config.checkpoints)
+def _explain(config, workdir: str, checkpoints) -> list[dict]:
   rows, per_image, results = [], [], {}
   for name, ckpt in zip(experiment.run_names(checkpoints), checkpoints):
     explained = explain_checkpoint(ckpt, config)

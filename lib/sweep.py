@@ -256,7 +256,7 @@ def run_sweep(config, workdir: str) -> list[dict]:
   """The grid of ``config.checkpoints`` x ``config.attacks`` x ``config.eps``; the config is
   checked before anything is written, and the work dir is locked while the sweep runs."""
   checks.check_which(config.which)
-  experiment.parse_checkpoints(config.checkpoints)
+  checkpoints = experiment.parse_checkpoints(config.checkpoints)
   for e in config.eps:
     checks.check_eps(e, "--config.eps")
   check_attacks(config.attacks)
@@ -264,11 +264,10 @@ def run_sweep(config, workdir: str) -> list[dict]:
   if config.batch_size % mesh.size:
     raise ValueError(f"batch_size {config.batch_size} is not divisible by {mesh.size} devices.")
   with files.WorkdirLock(workdir, "attack.py"):
-    return _sweep(config, workdir, mesh)
+    return _sweep(config, workdir, mesh, checkpoints)
 
 
-def _sweep(config, workdir: str, mesh) -> list[dict]:
-  checkpoints = experiment.parse_checkpoints(config.checkpoints)
+def _sweep(config, workdir: str, mesh, checkpoints) -> list[dict]:
   counter = TraceCounter()
   rows = previous_cells(config, workdir) if config.get("resume", True) else []
   grid = {}   # (model, attack) -> position in this grid: the order of the tables

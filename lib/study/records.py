@@ -10,19 +10,24 @@ Columns ``id`` and ``group`` are lists of strings, every other column a float64 
 from __future__ import annotations
 
 import csv
+import io
 import os
 
 import numpy as np
 
+from lib import files
+
 
 def write_records(rec: dict, path: str) -> None:
+  """Writes ``rec`` as CSV atomically (:func:`lib.files.atomic_write`): a half-written file
+  never looks finished."""
   keys = list(rec)
-  with open(path + ".tmp", "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(keys)
-    for i in range(len(rec["id"])):
-      w.writerow([rec[k][i] if isinstance(rec[k], list) else repr(float(rec[k][i])) for k in keys])
-  os.replace(path + ".tmp", path)   # a half-written file never looks finished
+  buffer = io.StringIO(newline="")
+  w = csv.writer(buffer)
+  w.writerow(keys)
+  for i in range(len(rec["id"])):
+    w.writerow([rec[k][i] if isinstance(rec[k], list) else repr(float(rec[k][i])) for k in keys])
+  files.atomic_write(path, buffer.getvalue())
 
 
 def read_records(path: str) -> dict:
