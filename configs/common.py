@@ -89,7 +89,6 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.parallel = "shard_map"       # shard_map | pmap
   c.num_devices = 0              # 0: all devices
-  c.multihost = False            # call jax.distributed.initialize()
 
   c.eval_every_epochs = 1
   c.checkpoint_keep = 2

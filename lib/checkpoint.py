@@ -18,6 +18,7 @@ import shutil
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -111,6 +112,7 @@ class RunCheckpoints:
     :class:`CheckpointCorruptError`.
     """
     where = os.path.join(self.directory, str(step))
+    check_placement(abstract_state_dict, where)
     try:
       meta = self.read_meta(step)
     except (OSError, ValueError) as e:
@@ -186,11 +188,36 @@ class RunCheckpoints:
     self.manager.close()
 
 
+def replicated(mesh=None):
+  """Where restored weights go: a whole copy on every device of ``mesh``. Without a mesh,
+  the first device when there is one process (as a fresh ``jnp`` array would be), and a
+  copy on every device of every process when there are several (each process can address
+  only its own devices, so "the first device" would be another process's on all but one)."""
+  if mesh is None:
+    if jax.process_count() == 1:
+      return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def abstract(tree, sharding=None):
   """ShapeDtypeStructs of a tree of arrays (or of ShapeDtypeStructs), for restoring into.
 
-  ``sharding`` (default: the first device) is where the restored arrays are placed.
+  ``sharding`` is where the restored arrays are placed (default :func:`replicated`).
   """
-  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  sharding = sharding or replicated()
   return jax.tree_util.tree_map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def check_placement(abstract_tree, where: str) -> None:
+  """Stops when the tree would be restored onto devices this process cannot address (e.g.
+  another process's first device), with a message that says so: orbax fails there with
+  an error about missing dtypes that reads like a corrupt checkpoint."""
+  for leaf in jax.tree_util.tree_leaves(abstract_tree):
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is not None and not sharding.addressable_devices:
+      raise ValueError(
+          f"Cannot restore {where} onto {sharding}: none of its devices belongs to process "
+          f"{jax.process_index()} of {jax.process_count()}. Restore with a sharding over "
+          "every process's devices (checkpoint.replicated(mesh)); the checkpoint is fine.")

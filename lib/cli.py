@@ -26,12 +26,16 @@ def run(job: Callable, default_config: str, *, lock_config: bool = False) -> Non
                                   lock_config=lock_config)
   flags.DEFINE_string("workdir", None, "Output directory.")
   flags.mark_flags_as_required(["workdir"])
+  flags.DEFINE_enum("multihost", "auto", parallel.MULTIHOST,
+                    "Join a multi-process job (jax.distributed.initialize): auto = when the "
+                    "environment names several processes (lib.launch, JAX_COORDINATOR_ADDRESS, "
+                    "SLURM srun, mpirun); on = always (Cloud TPU pod slices); off = never.")
 
   def main(argv):
     del argv
     experiment.setup_logging()
     config = flags.FLAGS.config
-    parallel.maybe_initialize_distributed(config)
+    parallel.initialize_distributed(flags.FLAGS.multihost)
     if added:
       logging.info("XLA:CPU defaults (lib.xla_cpu.configure) added to XLA_FLAGS: %s",
                    " ".join(added))
@@ -40,10 +44,30 @@ def run(job: Callable, default_config: str, *, lock_config: bool = False) -> Non
       job(config, flags.FLAGS.workdir)
     except OSError as e:
       if e.errno != errno.ENOSPC:
+        stop_multiprocess_job(e)
         raise
       stop_on_full_disk(e)
+    except BaseException as e:  # pylint: disable=broad-except
+      stop_multiprocess_job(e)
+      raise
 
   app.run(main)
+
+
+def stop_multiprocess_job(e: BaseException) -> None:
+  """In a job of several processes, ends this one at once after logging the error. Python's
+  normal exit would first wait (up to 5 minutes) at JAX's shutdown barrier for the other
+  processes, which may be waiting for this one in a collective: the job would hang instead
+  of failing. With one process it returns (the error unwinds as usual)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1 or isinstance(e, SystemExit) and not e.code:
+    return
+  logging.exception("Process %d of %d failed; ending it now (the others stop when they next "
+                    "need it; lib.launch stops them at once).", jax.process_index(),
+                    jax.process_count())
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(1)   # pylint: disable=protected-access  # skips the shutdown barrier
 
 
 def stop_on_full_disk(e: OSError) -> None:

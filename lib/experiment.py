@@ -57,12 +57,13 @@ def build_parallel(config) -> parallel.DataParallel:
   return par
 
 
-def init_state(config, model, steps_per_epoch: int) -> train_step.TrainState:
+def init_state(config, model, steps_per_epoch: int, mesh=None) -> train_step.TrainState:
   """A fresh TrainState; its rng drives everything random in the step.
 
   The weights are random, or those of ``config.init_from`` (fine-tuning) or of the
   torchvision ResNet file ``config.init_from_torch`` (lib/torch_weights.py), with the
-  modules ``config.transplant_stages`` then taken from ``config.transplant_from``.
+  modules ``config.transplant_stages`` then taken from ``config.transplant_from``
+  (restored onto ``mesh``, default all devices).
   """
   state = fresh_state(config, model, steps_per_epoch)
   variables = state.variables
@@ -75,10 +76,10 @@ def init_state(config, model, steps_per_epoch: int) -> train_step.TrainState:
                  "".join(f"\n  {n}" for n in notes))
   if config.get("init_from"):
     variables = _weights_from(config.init_from, config.get("init_from_which", "best"),
-                              variables, config)
+                              variables, config, mesh)
     logging.info("Weights from %s (%s checkpoint).", config.init_from, config.init_from_which)
   if config.get("transplant_from"):
-    variables = transplant(variables, _weights_from(config.transplant_from, "best", variables, config),
+    variables = transplant(variables, _weights_from(config.transplant_from, "best", variables, config, mesh),
                            config.transplant_stages)
     logging.info("Modules %s transplanted from %s.", list(config.transplant_stages),
                  config.transplant_from)
@@ -92,9 +93,9 @@ def fresh_state(config, model, steps_per_epoch: int) -> train_step.TrainState:
   return train_step.TrainState.create(variables, tx, jax.random.PRNGKey(config.seed))
 
 
-def _weights_from(workdir: str, which: str, like, config) -> dict:
+def _weights_from(workdir: str, which: str, like, config, mesh=None) -> dict:
   """The variables of another run, checked against this run's architecture."""
-  other_config, _, other = restore_model(workdir, which)
+  other_config, _, other = restore_model(workdir, which, mesh=mesh)
   mine = checkpoint.architecture(config.model)
   theirs = checkpoint.architecture(other_config.model)
   same_shapes = (jax.tree_util.tree_structure(other) == jax.tree_util.tree_structure(like) and
@@ -246,10 +247,11 @@ def checkpoint_id(workdir: str, which: str = "best") -> str:
   return f"{os.path.abspath(workdir)}@{step}"
 
 
-def restore_model(workdir: str, which: str = "best", config=None, **overrides):
+def restore_model(workdir: str, which: str = "best", config=None, mesh=None, **overrides):
   """``(config, model, variables)`` of a finished or running training run.
 
-  ``which`` is ``"best"`` (by the run's validation metric) or ``"latest"``.
+  ``which`` is ``"best"`` (by the run's validation metric) or ``"latest"``. The variables
+  are replicated over ``mesh`` (default :func:`lib.checkpoint.replicated`).
   ``overrides`` change model fields that keep the parameter tree, e.g.
   ``activation="softplus"`` or ``cam_layer="penultimate"``.
   """
@@ -260,7 +262,8 @@ def restore_model(workdir: str, which: str = "best", config=None, **overrides):
   if step is None:
     raise FileNotFoundError(f"No checkpoint in {ckpt.directory}.")
   template = jax.eval_shape(lambda: fresh_state(config, build_model(config), 1))
-  abstract_state = checkpoint.abstract(train_step.state_to_dict(template))
+  abstract_state = checkpoint.abstract(train_step.state_to_dict(template),
+                                       checkpoint.replicated(mesh))
   state_dict, _, _ = ckpt.restore(step, abstract_state, config.model)
   ckpt.close()
   return config, model, {"params": state_dict["params"], "batch_stats": state_dict["batch_stats"]}

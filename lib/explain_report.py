@@ -92,8 +92,10 @@ class CheckpointExplanation:
 def explain_checkpoint(workdir_ckpt: str, config, restored=None) -> CheckpointExplanation:
   """Maps and per-image metrics of every method for one checkpoint. ``restored``:
   ``(train_config, model, variables, arrays)`` already in memory (else read here)."""
+  mesh = parallel.make_mesh(config.get("num_devices", 0))
   if restored is None:
-    train_config, model, variables = experiment.restore_model(workdir_ckpt, config.which)
+    train_config, model, variables = experiment.restore_model(workdir_ckpt, config.which,
+                                                              mesh=mesh)
     arrays = data.load_split(train_config.data, config.split, train_config.image_size)
   else:
     train_config, model, variables, arrays = restored
@@ -101,7 +103,6 @@ def explain_checkpoint(workdir_ckpt: str, config, restored=None) -> CheckpointEx
   has_masks = data.DATASETS[train_config.data.name].has_masks
   n, bs = len(arrays["label"]), config.batch_size
   key = jax.random.PRNGKey(config.seed)
-  mesh = parallel.make_mesh(config.get("num_devices", 0))
   in_channels = train_config.model.in_channels
   to_input = lambda b: {**b, "x": data.to_model_input(b.pop("image"), in_channels)}
   per_method, all_maps, timing = {}, {}, {}

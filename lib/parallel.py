@@ -20,6 +20,7 @@ over the mesh as global ``jax.Array``s, per-example outputs gathered and trimmed
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Callable, Iterator
 
@@ -31,12 +32,72 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lib.train_step import AXIS
 
 
-def maybe_initialize_distributed(config) -> None:
-  """``jax.distributed.initialize()`` for multi-host runs (coordinator from the env)."""
-  if config.get("multihost"):
-    jax.distributed.initialize()
-    logging.info("Process %d of %d, %d local devices, %d in all.", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+MULTIHOST = ("auto", "on", "off")
+
+
+def several_processes_requested(env=None) -> bool:
+  """Whether the environment starts this process as one of several: the variables of a
+  launch by hand or by :mod:`lib.launch` (``JAX_COORDINATOR_ADDRESS``), a SLURM step of
+  several tasks (``srun``) or an Open MPI job of several ranks (``mpirun``)."""
+  env = os.environ if env is None else env
+  return ("JAX_COORDINATOR_ADDRESS" in env
+          or (int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_STEP_NODELIST" in env)
+          or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1)
+
+
+def initialize_distributed(mode: str = "auto", env=None) -> bool:
+  """Joins this process to a multi-process job (``jax.distributed.initialize``) when
+  ``mode`` is ``on``, or ``auto`` and :func:`several_processes_requested`; returns whether
+  it did. Must run before the first JAX computation (:func:`lib.cli.run` calls it).
+
+  * By hand (or :mod:`lib.launch`): ``JAX_COORDINATOR_ADDRESS=host:port`` (process 0's
+    host), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``; JAX itself reads only the
+    first, so the other two are read here and passed on.
+  * SLURM (``srun``), Open MPI (``mpirun``): JAX detects everything
+    (``JAX_COORDINATOR_PORT`` changes SLURM's port, picked from the job id).
+  * Cloud TPU pod slices: ``--multihost=on`` on every worker; JAX detects the rest.
+  """
+  env = os.environ if env is None else env
+  if mode not in MULTIHOST:
+    raise ValueError(f"--multihost must be one of {MULTIHOST}, got {mode!r}")
+  if mode == "off" or (mode == "auto" and not several_processes_requested(env)):
+    return False
+  kwargs = {}
+  if "JAX_COORDINATOR_ADDRESS" in env:
+    missing = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if v not in env]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']} is set but "
+                       f"{' and '.join(missing)} not: set all three on every process (the "
+                       "process id from 0 to the number of processes - 1), or use "
+                       "python -m lib.launch, SLURM's srun or --multihost=off.")
+    try:
+      kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                    num_processes=int(env["JAX_NUM_PROCESSES"]),
+                    process_id=int(env["JAX_PROCESS_ID"]))
+    except ValueError:
+      raise ValueError(f"JAX_NUM_PROCESSES={env['JAX_NUM_PROCESSES']!r} and JAX_PROCESS_ID="
+                       f"{env['JAX_PROCESS_ID']!r} must be whole numbers.") from None
+  jax.distributed.initialize(**kwargs)
+  logging.info("Process %d of %d, %d local devices, %d in all.", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
+
+
+def sync(name: str) -> None:
+  """Waits until every process of a multi-process job reaches the point named ``name``
+  (nothing with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def agree(ok: bool) -> bool:
+  """Process 0's ``ok`` on every process (a decision one process makes for all, such as
+  whether it got the work-dir lock)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:
@@ -73,16 +134,25 @@ class DataParallel:
 
   # -- placement
   def put_state(self, state):
-    if self.kind == "pmap":  # a leading device axis; pmap shards it over the devices
+    if self.kind == "pmap":  # a leading axis of this process's devices; pmap splits it
       n = len(self.local_devices)
-      return jax.tree_util.tree_map(lambda x: jnp.stack([x] * n), state)
+      return jax.tree_util.tree_map(lambda x: np.stack([_local_copy(x)] * n), state)
     return jax.device_put(state, self.replicated)
 
   def get_state(self, state):
-    """The state as one (unreplicated) copy, e.g. for checkpoints and evaluation."""
+    """The state as one copy replicated over the mesh, e.g. for checkpoints and evaluation.
+    Under pmap that is the first local device's copy (all are equal: the step averages
+    gradients and BatchNorm statistics over every device of every process), placed on the
+    mesh so that the same evaluation and checkpoint code serves both wrappers."""
     if self.kind == "pmap":
-      return jax.tree_util.tree_map(lambda x: x[0], state)
+      return jax.tree_util.tree_map(lambda x: self.replicate(_local_copy(x, 0)), state)
     return state
+
+  def replicate(self, host_value):
+    """A host value (identical in every process) as an array replicated over the mesh."""
+    host_value = np.asarray(host_value)
+    return jax.make_array_from_callback(host_value.shape, self.replicated,
+                                        lambda index: host_value[index])
 
   def put_batch(self, local_batch: dict):
     """This process's slice of the global batch -> device arrays."""
@@ -93,13 +163,18 @@ class DataParallel:
         lambda x: jax.make_array_from_process_local_data(self.sharded, x), local_batch)
 
   def get_metrics(self, metrics):
-    return jax.tree_util.tree_map(lambda x: x[0], metrics) if self.kind == "pmap" else metrics
+    return jax.tree_util.tree_map(lambda x: _local_copy(x, 0), metrics) if self.kind == "pmap" \
+        else metrics
 
   # -- compilation
   def compile_step(self, per_device_step: Callable, donate_state: bool = True) -> Callable:
     """``(state, batch) -> (state, metrics)`` over the mesh, the state donated."""
     if self.kind == "pmap":
-      return jax.pmap(per_device_step, axis_name=AXIS, devices=self.local_devices,
+      # devices: the mesh's devices of *every* process (pmap's multi-process contract:
+      # the same list everywhere, each process feeding its own devices), so psum/pmean
+      # reduce over all of them. With devices=local_devices each process trained a model
+      # of its own (issue 21).
+      return jax.pmap(per_device_step, axis_name=AXIS, devices=self.devices,
                       donate_argnums=(0,) if donate_state else ())
     # check_vma=False gives pmap's semantics, which the per-device steps are written
     # for: gradients w.r.t. the replicated parameters stay per-device until the step's
@@ -108,6 +183,18 @@ class DataParallel:
     sharded = jax.shard_map(per_device_step, mesh=self.mesh, in_specs=(P(), P(AXIS)),
                             out_specs=(P(), P()), check_vma=False)
     return jax.jit(sharded, donate_argnums=(0,) if donate_state else ())
+
+
+def _local_copy(x, index=None):
+  """``x`` as a host numpy array read from this process's devices only: the whole of a
+  replicated array, or (``index`` given) row ``index`` of pmap's per-device axis."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    shard = x.addressable_shards[0]
+    if index is None:
+      return np.asarray(shard.data)
+    return np.asarray(shard.data).reshape(x.shape[1:])   # pmap: one row per device
+  x = np.asarray(x)
+  return x if index is None else x[index]
 
 
 # ----------------------------------------------------------------------------- evaluation

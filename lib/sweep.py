@@ -278,7 +278,7 @@ def _sweep(config, workdir: str, mesh, checkpoints) -> list[dict]:
       logging.warning("%s: %d cells in %s came from another checkpoint; recomputing them.",
                       name, len(stale), workdir)
       rows = [r for r in rows if r not in stale]
-    train_config, model, variables = experiment.restore_model(ckpt, config.which)
+    train_config, model, variables = experiment.restore_model(ckpt, config.which, mesh=mesh)
     arrays = data.load_split(train_config.data, config.split, train_config.image_size)
     arrays = data.subset(arrays, config.max_images, config.seed)
     class_names = data.class_names(train_config.data)

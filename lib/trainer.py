@@ -186,7 +186,7 @@ def _train(config, workdir: str, stop_after_step: Optional[int]) -> dict:
 
   model = experiment.build_model(config, bn_axis_name=train_step.AXIS)
   eval_model = experiment.build_model(config)
-  state = experiment.init_state(config, model, steps_per_epoch)
+  state = experiment.init_state(config, model, steps_per_epoch, par.mesh)
   class_weights = train_step.class_weight_vector(config, train["label"], config.model.num_classes)
   logging.info("Model %s (seg_head=%s): %.2f M parameters; class weights %s.", config.model.name,
                config.model.seg_head, sum(x.size for x in jax.tree_util.tree_leaves(state.params)) / 1e6,

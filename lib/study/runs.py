@@ -69,10 +69,10 @@ def evaluate_run(study, rd: str, *, out_dir: str = "", figures_to: str = "",
   entropy of :func:`lib.explain_report.map_quality`). Written to
   ``<out_dir or rd>/per_image.csv``.
   With ``figures_to``, before/after figures of the attacks are written there."""
-  config, model, variables = experiment.restore_model(rd, "best")
+  mesh = parallel.make_mesh(study.get("num_devices", 0))
+  config, model, variables = experiment.restore_model(rd, "best", mesh=mesh)
   arrays = data.load_split(config.data, "test", config.image_size)
   in_channels, has_masks = config.model.in_channels, data.DATASETS[config.data.name].has_masks
-  mesh = parallel.make_mesh(study.get("num_devices", 0))
   key = ("probs", repr(model), mesh)   # compiled once per architecture, like the attacks
   if key not in _COMPILED:
     _COMPILED[key] = parallel.jit_batched(
@@ -142,7 +142,7 @@ def plot_figures(study, workdir: str, results_dir: str, seed: int) -> None:
       raise FileNotFoundError(
           f"Figures of repetition {seed} need its fold-0 run of {m.name!r} in {rd}, which is "
           "not a finished run: train it first or pick another --config.figure_seed.")
-    config, model, variables = experiment.restore_model(rd, "best")
+    config, model, variables = experiment.restore_model(rd, "best", mesh=mesh)
     arrays = data.load_split(config.data, "test", config.image_size)
     arrays = data.take(arrays, data.example_indices(arrays["label"], study.figure_images))
     class_names = data.class_names(config.data)
