@@ -22,6 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from lib import parallel
+
 # Model-config fields that change the parameter tree; the others (cam_layer,
 # activation, dtype) give other functions of the same parameters.
 ARCHITECTURE_FIELDS = ("name", "num_classes", "in_channels", "seg_head", "width",
@@ -157,10 +159,12 @@ class RunCheckpoints:
       except CheckpointCorruptError as e:
         problems.append(str(e))
         aside = os.path.join(self.directory + ".corrupt", str(step))
-        os.makedirs(os.path.dirname(aside), exist_ok=True)
-        if os.path.exists(aside):
-          shutil.rmtree(aside)
-        os.replace(os.path.join(self.directory, str(step)), aside)
+        if jax.process_index() == 0:   # every process finds it corrupt; one moves it
+          os.makedirs(os.path.dirname(aside), exist_ok=True)
+          if os.path.exists(aside):
+            shutil.rmtree(aside)
+          os.replace(os.path.join(self.directory, str(step)), aside)
+        parallel.sync(f"corrupt checkpoint {step} moved")
         self.manager.reload()
         logging.warning("%s Moved it to %s; trying the checkpoint before it.", e, aside)
     raise CheckpointCorruptError("No checkpoint could be restored:\n  " + "\n  ".join(problems))

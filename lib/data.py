@@ -63,6 +63,21 @@ def default_data_dir() -> str:
 def get_builder(data_config):
   """Returns the prepared TFDS builder of a registered data set; builds it first if needed.
 
+  In a job of several processes, process 0 prepares it while the others wait at a barrier,
+  then they open it (on a shared file system) or prepare their own copy (on local disks).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1:
+    return _get_builder(data_config)
+  from lib import parallel  # pylint: disable=import-outside-toplevel
+  builder = _get_builder(data_config) if jax.process_index() == 0 else None
+  parallel.sync(f"data {data_config.name} prepared")
+  return builder or _get_builder(data_config)
+
+
+def _get_builder(data_config):
+  """:func:`get_builder` in one process.
+
   A data set read from a ``manual_dir`` is prepared once per *source*: under
   ``<data_dir>/by_source/<fingerprint>/`` (the fingerprint of the folder's file names and
   sizes), so another copy (or a changed one) gets its own prepared set and never replaces

@@ -121,6 +121,8 @@ def transplant(variables, donor, stages) -> dict:
 
 
 def save_config(config, workdir: str) -> None:
+  if not files.is_writer():
+    return
   os.makedirs(workdir, exist_ok=True)
   files.atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
@@ -185,8 +187,8 @@ def prepare_workdir(config, workdir: str) -> None:
           if entry != files.LOCK_NAME:
             os.replace(os.path.join(workdir, entry), os.path.join(moved, entry))
         logging.warning("Moved the earlier run in %s to %s; starting afresh.", workdir, moved)
-  if jax.process_index() == 0:
-    save_config(config, workdir)
+  save_config(config, workdir)    # process 0 writes (lib.files.is_writer)
+  parallel.sync("prepare_workdir")  # the others read the work dir once it is ready
 
 
 def _free_name(template: str) -> str:

@@ -10,6 +10,7 @@ same table as rows ``uniform map`` and ``centre point``.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
 from typing import Any
@@ -202,8 +203,10 @@ def _explain(config, workdir: str, checkpoints) -> list[dict]:
       for i, ident in enumerate(arrays["id"]):
         per_image.append({"model": name, "method": method, "id": ident,
                           "label": int(arrays["label"][i]), **{k: float(v[i]) for k, v in q.items()}})
-    np.savez_compressed(os.path.join(workdir, f"maps_{name}.npz"), ids=np.asarray(arrays["id"]),
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, ids=np.asarray(arrays["id"]),
                         **{m: v.astype(np.float16) for m, v in maps.items()})
+    files.atomic_write(os.path.join(workdir, f"maps_{name}.npz"), buffer.getvalue(), mode="wb")
     if config.figure_images:
       shown = data.example_indices(arrays["label"], config.figure_images)   # both classes
       report.plot_explanations(data.take(arrays, shown), {m: v[shown] for m, v in maps.items()},

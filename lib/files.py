@@ -7,6 +7,8 @@
 * :func:`read_json`: a file that does not parse is named in the error.
 * :func:`read_jsonl` / :func:`repair_jsonl`: an append-only log (``metrics.jsonl``) whose
   last line was torn by a crash is read without it, and repaired before appending.
+* In a job of several processes only process 0 writes (:func:`is_writer`): the others
+  compute the same numbers and return from every write.
 * :class:`WorkdirLock`: one job per work dir; a second process on the same dir stops with a
   message naming the first (pid, host, command, start time) instead of interleaving its
   files with it.
@@ -38,9 +40,20 @@ def _disk_full(path: str, e: OSError) -> DiskFullError:
                        f"command again; it resumes. ({e.strerror})")
 
 
+def is_writer() -> bool:
+  """Whether this process writes the job's files: process 0 of a multi-process JAX job
+  (every process computes the same results; one writes them), and any process outside
+  one. Never imports JAX itself (a JAX-free summary is always a writer)."""
+  jax = sys.modules.get("jax")
+  return jax is None or jax.process_index() == 0
+
+
 def atomic_write(path: str, data, mode: str = "w") -> None:
   """Writes ``data`` (text, or bytes with ``mode="wb"``) to ``path`` via a temporary file in
-  the same folder and an atomic rename."""
+  the same folder and an atomic rename; in a multi-process job only process 0 writes
+  (:func:`is_writer`), the others return."""
+  if not is_writer():
+    return
   tmp = f"{path}.tmp-{os.getpid()}"
   try:
     with open(tmp, mode) as f:
@@ -118,8 +131,23 @@ class WorkdirLock:
 
   def __enter__(self):
     import jax  # pylint: disable=import-outside-toplevel
-    if jax.process_index() != 0:
-      return self
+    from lib import parallel  # pylint: disable=import-outside-toplevel
+    if jax.process_count() == 1:
+      return self._acquire()
+    # Process 0 takes the lock and tells the others whether it got it, so that they stop
+    # with it instead of waiting for it in their first collective.
+    problem = None
+    if jax.process_index() == 0:
+      try:
+        self._acquire()
+      except RuntimeError as e:
+        problem = e
+    if not parallel.agree(problem is None):
+      raise problem or RuntimeError(f"{self.workdir} is in use by another job (process 0 of "
+                                    "this one could not lock it; see its log).")
+    return self
+
+  def _acquire(self):
     if self.workdir in _HELD:
       _HELD[self.workdir][1] += 1
       return self

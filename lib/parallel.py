@@ -100,12 +100,31 @@ def agree(ok: bool) -> bool:
   return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
+def exists(path: str) -> bool:
+  """Whether ``path`` exists, as process 0 sees it, on every process: decisions that
+  depend on files (skip a finished run) must be the same in all processes, or one of them
+  waits forever in a collective the others skipped."""
+  return agree(os.path.exists(path))
+
+
 def make_mesh(num_devices: int = 0) -> Mesh:
-  """1-D mesh over the first ``num_devices`` devices (all when 0)."""
+  """1-D mesh over ``num_devices`` devices (all when 0): the first ones, or in a job of
+  several processes the first ``num_devices / processes`` of every process (each process
+  feeds and reads its own devices, so each needs some)."""
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
       raise ValueError(f"num_devices={num_devices} but only {len(devices)} devices are visible.")
+    processes = jax.process_count()
+    if processes > 1:
+      if num_devices % processes:
+        raise ValueError(
+            f"num_devices={num_devices} cannot be split over the {processes} processes of this "
+            f"job (each feeds its own devices): use 0 (all {len(devices)} devices) or a "
+            f"multiple of {processes}.")
+      per_process = num_devices // processes
+      devices = [d for p in range(processes)
+                 for d in [d for d in devices if d.process_index == p][:per_process]]
     devices = devices[:num_devices]
   return Mesh(np.asarray(devices), (AXIS,))
 

@@ -81,6 +81,16 @@ def _plt():
   return plt
 
 
+def save_figure(fig, path: str, dpi: int = 110) -> None:
+  """Lays out ``fig``, writes it to ``path`` (atomically, process 0 only: like every file,
+  :func:`lib.files.atomic_write`) and closes it."""
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, dpi=dpi, format=os.path.splitext(path)[1][1:] or "png")
+  _plt().close(fig)
+  files.atomic_write(path, buffer.getvalue(), mode="wb")
+
+
 def plot_training_curves(log: list[dict], path: str) -> None:
   """Training loss per step and validation metrics per epoch."""
   plt = _plt()
@@ -95,9 +105,7 @@ def plot_training_curves(log: list[dict], path: str) -> None:
                    label=key[4:])
   axes[1].set(xlabel="step", ylabel="validation", ylim=(0, 1.02))
   axes[1].legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path, dpi=110)
 
 
 def plot_predictions(images, masks, labels, probs, mask_probs, class_names, path: str,
@@ -116,9 +124,7 @@ def plot_predictions(images, masks, labels, probs, mask_probs, class_names, path
     ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[pred]} {probs[i][pred]:.2f}",
                  fontsize=7, color="black" if pred == labels[i] else "red")
     ax.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path, dpi=110)
 
 
 def plot_accuracy_vs_eps(rows: Sequence[dict], path: str, highlight: float = 0.004,
@@ -136,9 +142,7 @@ def plot_accuracy_vs_eps(rows: Sequence[dict], path: str, highlight: float = 0.0
          ylim=(min(0.0, min((r[metric] for r in rows), default=0.0)), 1.02))
   ax.set_xscale("symlog", linthresh=1e-3)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path, dpi=110)
 
 
 def plot_attack_examples(explanation: bool, arrays, examples: dict, class_names, path: str,
@@ -177,9 +181,7 @@ def plot_adversarial_examples(arrays, examples: dict, class_names, path: str,
                          fontsize=7, color="red" if p_adv.argmax() != p_clean.argmax() else "black")
     for a in axes[i]:
       a.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path, dpi=110)
 
 
 def plot_map_attack(arrays, examples: dict, class_names, path: str, eps: float,
@@ -209,9 +211,7 @@ def plot_map_attack(arrays, examples: dict, class_names, path: str, eps: float,
       a.axis("off")
   if title:
     fig.suptitle(title, fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path, dpi=110)
 
 
 def _overlay(ax, image, mask, saliency_map=None) -> None:
@@ -241,9 +241,7 @@ def plot_map_grid(rows, path: str) -> None:
         axes[r, j + 1].set_title(method.replace("_", " "), fontsize=7)
   for a in axes.flat:
     a.axis("off")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  save_figure(fig, path, dpi=100)
 
 
 def plot_explanations(arrays, maps: dict, class_names, path: str) -> None:

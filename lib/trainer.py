@@ -287,6 +287,7 @@ def final_test(config, workdir, ckpt, eval_fn, par, state, class_names) -> dict:
                                              return_predictions=True)
   test_metrics = {"best_step": int(best), **test_metrics}
   if jax.process_index() != 0:
+    parallel.sync("final_test written")
     return test_metrics
   logging.info("test (step %d, %s): %s", best, kept_by(config), _fmt(test_metrics))
   files.atomic_json(os.path.join(workdir, "test_metrics.json"), test_metrics)
@@ -301,6 +302,7 @@ def final_test(config, workdir, ckpt, eval_fn, par, state, class_names) -> dict:
                           None if mask_probs is None else mask_probs[pick], class_names,
                           os.path.join(workdir, "test_predictions.png"))
   write_report(config, workdir, test_metrics)
+  parallel.sync("final_test written")   # a caller (a study) may read them next
   return test_metrics
 
 

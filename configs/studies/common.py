@@ -52,7 +52,7 @@ def base(name: str, variant: str, title: str, claim_text: str) -> ml_collections
   c.methods = ()                   # saliency methods whose map quality is measured
   c.smoothgrad_samples = 8
   c.batch_size = 32
-  c.num_devices = 0
+  c.num_devices = 0                # devices of every run and evaluation (0: all)
   c.metrics = CLASSIFICATION
   c.comparisons = ()               # (a, b): paired a - b for every metric
   c.claims = ()
@@ -81,13 +81,12 @@ def scale(c, variant: str, *, cpu_epochs: int = 15):
   if variant == "cpu":
     c.overrides += (("num_epochs", cpu_epochs), ("image_size", CPU_IMAGE_SIZE))
   elif variant == "test":
-    c.folds, c.seeds, c.n_boot, c.batch_size = 2, (0,), 50, 16
+    c.folds, c.seeds, c.n_boot, c.batch_size, c.num_devices = 2, (0,), 50, 16, 1
     c.overrides += (("model.name", "resnet_tiny"), ("model.width", 8), ("image_size", 32),
                     ("num_epochs", 2), ("batch_size", 16), ("eval_batch_size", 32),
                     ("async_checkpointing", False), ("data.name", "synthetic_lesions"),
                     ("data.synthetic_size", 32), ("data.num_train", 48), ("data.num_val", 16),
-                    ("data.num_test", 16), ("model.decoder_channels", 8), ("num_devices", 1),
-                    ("log_every_steps", 100))
+                    ("data.num_test", 16), ("model.decoder_channels", 8), ("log_every_steps", 100))
   elif variant != "full":
     raise ValueError(f"Unknown variant {variant!r}: cpu, full or test.")
   return c

@@ -95,6 +95,7 @@ def train_config_for(study, model_spec, seed: int, fold: int, workdir: str):
     for k, v in overrides:
       _set(c, k, resolve(v))
   c.seed = seed
+  c.num_devices = study.get("num_devices", 0)   # the runs train on the study's devices
   c.data.folds, c.data.fold, c.data.fold_seed = study.folds, fold, seed
   return c
 

@@ -41,9 +41,7 @@ def plot_metrics(model_rows, study, path: str) -> None:
     ax.axis("off")
   fig.suptitle(f"{study.name}: mean over {study.folds}-fold x {len(study.seeds)} runs, 95 % CI "
                "(corrected resampled t)", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  report.save_figure(fig, path, dpi=120)
 
 
 _EPS_METRIC = re.compile(r"^(?:mean|median):(.+)@([0-9.e\-]+):(\w+)$")
@@ -85,9 +83,7 @@ def plot_eps_curves(model_rows, study, field: str, path: str) -> bool:
     ax.grid(alpha=0.3)
   axes.flat[0].set_ylabel(_FIELD_LABELS.get(field, field))
   axes.flat[0].legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  report.save_figure(fig, path, dpi=120)
   return True
 
 

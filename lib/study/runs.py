@@ -33,7 +33,7 @@ def train_run(study, m, seed: int, fold: int, workdir: str) -> str:
   """Trains one run unless it has ``test_metrics.json`` (an interrupted one resumes from
   its latest checkpoint); returns its directory."""
   rd = run_dir(study, workdir, m.name, seed, fold)
-  if os.path.exists(os.path.join(rd, "test_metrics.json")):
+  if parallel.exists(os.path.join(rd, "test_metrics.json")):
     return rd
   logging.info("Study %s: training %s seed %d fold %d/%d -> %s", study.name, m.name, seed,
                fold + 1, study.folds, rd)
@@ -138,7 +138,7 @@ def plot_figures(study, workdir: str, results_dir: str, seed: int) -> None:
   mesh, acfg = parallel.make_mesh(study.get("num_devices", 0)), _attack_config(study)
   for m in study.models:
     rd = run_dir(study, workdir, m.name, seed, 0)
-    if not os.path.exists(os.path.join(rd, "test_metrics.json")):
+    if not parallel.exists(os.path.join(rd, "test_metrics.json")):
       raise FileNotFoundError(
           f"Figures of repetition {seed} need its fold-0 run of {m.name!r} in {rd}, which is "
           "not a finished run: train it first or pick another --config.figure_seed.")
@@ -159,7 +159,7 @@ def plot_figures(study, workdir: str, results_dir: str, seed: int) -> None:
 def evaluate_once(study, rd: str, out_dir: str, model_name: str, *,
                   figures_to: str = "") -> None:
   """:func:`evaluate_run` of the run in ``rd`` unless ``out_dir/per_image.csv`` exists."""
-  if os.path.exists(os.path.join(out_dir, "per_image.csv")):
+  if parallel.exists(os.path.join(out_dir, "per_image.csv")):
     return
   logging.info("Study %s: evaluating %s -> %s", study.name, rd, out_dir)
   t0 = time.time()
@@ -175,8 +175,8 @@ def plot_first_fold_maps(study, workdir: str, results_dir: str, *, seed: int | N
   path = os.path.join(results_dir, "maps.png")
   seed = study.seeds[0] if seed is None else seed
   dirs = {m.name: run_dir(study, workdir, m.name, seed, 0) for m in study.models}
-  if not study.methods or (os.path.exists(path) and not overwrite) or not all(
-      os.path.exists(os.path.join(d, "test_metrics.json")) for d in dirs.values()):
+  if not study.methods or (parallel.exists(path) and not overwrite) or not all(
+      parallel.exists(os.path.join(d, "test_metrics.json")) for d in dirs.values()):
     return
   config = _explain_config(study)
   config.max_images = study.figure_images
@@ -286,12 +286,12 @@ def _run_stages(study, workdir: str, results_dir: str, stages) -> dict:
   committed = committed_records(study, results_dir)
   for m, seed, fold in all_runs(study):   # each run evaluated as soon as it is trained
     rd = run_dir(study, workdir, m.name, seed, fold)
-    done_here = os.path.exists(os.path.join(eval_dir(workdir, m.name, seed, fold), "per_image.csv"))
+    done_here = parallel.exists(os.path.join(eval_dir(workdir, m.name, seed, fold), "per_image.csv"))
     if (m.name, seed, fold) in committed and not done_here:
       continue   # summarised before and its work dir is gone: never retrained
     if "train" in stages:
       train_run(study, m, seed, fold, workdir)
-    if "evaluate" in stages and os.path.exists(os.path.join(rd, "test_metrics.json")):
+    if "evaluate" in stages and parallel.exists(os.path.join(rd, "test_metrics.json")):
       first = seed == study.seeds[0] and fold == 0
       evaluate_once(study, rd, eval_dir(workdir, m.name, seed, fold), m.name,
                     figures_to=results_dir if first else "")
