@@ -116,10 +116,11 @@ def _stop(procs, grace: float) -> None:
 
 def launch(script: Sequence[str], *, processes: int, devices_per_process: int = 0,
            platform: str = "cpu", log_dir: Optional[str] = None, port: int = 0,
-           timeout: float = 0.0, grace: float = 10.0, out=None, env: Optional[dict] = None) -> int:
-  """Runs ``script`` as ``processes`` JAX processes of one job; returns the exit code (0
-  when all succeeded, else the first failure's code, 128 + N for signal N). ``timeout``
-  (seconds, 0: none) stops a job that runs longer."""
+           timeout: float = 0.0, grace: float = 10.0, out=None, env: Optional[dict] = None,
+           cwd: Optional[str] = None) -> int:
+  """Runs ``script`` as ``processes`` JAX processes of one job (in folder ``cwd``); returns
+  the exit code (0 when all succeeded, else the first failure's code, 128 + N for signal
+  N). ``timeout`` (seconds, 0: none) stops a job that runs longer."""
   if processes < 1:
     raise ValueError(f"--processes must be at least 1, got {processes}")
   if platform not in ("cpu", "gpu"):
@@ -135,7 +136,7 @@ def launch(script: Sequence[str], *, processes: int, devices_per_process: int = 
         cmd, env=process_env(i, processes, port, devices_per_process=devices_per_process,
                              platform=platform, base=env),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-        start_new_session=True)   # its own process group: stopping it stops its children
+        start_new_session=True, cwd=cwd)   # its own process group: stopping it stops its children
     procs.append(p)
     out.write(f"{PREFIX} started process {i} of {processes} (pid {p.pid}): {' '.join(cmd)}\n")
     t = threading.Thread(target=_pump, args=(p.stdout, i, out,
