@@ -278,3 +278,18 @@ def test_a_study_runs_on_two_processes(tmp_path):
         if k.endswith(":adv_prob"):
           assert abs(float(ra[k]) - float(rb[k])) < 0.05, (k, ra[k], rb[k])
   assert (results["2x2"] / "README.md").exists() and (results["2x2"] / "maps.png").exists()
+
+
+def test_a_restore_onto_another_process_devices_says_so_not_corrupt_or_mismatch():
+  """Restoring onto devices this process cannot address used to read "corrupt" or "does not
+  fit the model"; it now says what it is (the check runs before orbax is asked)."""
+  import types
+  from lib import checkpoint
+  elsewhere = types.SimpleNamespace(addressable_devices=set())
+  leaf = types.SimpleNamespace(shape=(2,), dtype=np.float32, sharding=elsewhere)
+  with pytest.raises(ValueError, match="none of its devices belongs to process 0.*the "
+                                       "checkpoint is fine"):
+    checkpoint.check_placement({"w": leaf}, "runs/x/checkpoints/4")
+  import jax
+  checkpoint.check_placement(checkpoint.abstract({"w": np.zeros(2)}), "ok")   # addressable
+  assert checkpoint.replicated().device_set == {jax.devices()[0]}   # one process: device 0
