@@ -11,7 +11,9 @@ attacked method for explanation attacks) changed.
 
 ``:quick`` is a small grid (FGSM, PGD-10 and a Grad-CAM ``keep`` attack at one eps) for
 the demo, ``:cpu`` the class attacks used for the BUSI ResNet-18 models on 2 CPU cores,
-``:explain`` the explanation attacks of the breast-ultrasound study on them, ``:strength``
+``:autoattack`` robust accuracy under Square and AutoAttack (fast and standard; the
+reports flag a Square much stronger than PGD as gradient masking), ``:explain`` the
+explanation attacks of the breast-ultrasound study on them, ``:strength``
 study 4's Grad-CAM ``keep`` attack (10 signed steps of eps/4) against 5x the steps, Adam
 steps and restarts, on 32 test images (label-stratified; is the 10-step attack strong enough?):
 
@@ -67,6 +69,12 @@ def get_config(variant: str = ""):
     c.eps = (0.0, 0.001, 0.002, 0.004, 0.008)
     c.attacks = (attack("noise"), attack("fgsm"), attack("pgd", steps=10, step_size_factor=0.25),
                  attack("apgd", steps=20, loss="ce"))
+  elif variant == "autoattack":   # robust accuracy against the worst case (lib/autoattack.py)
+    c.eps = (0.0, 0.001, 0.002, 0.004, 0.008)
+    c.attacks = (attack("noise"), attack("fgsm"), attack("pgd", steps=10, step_size_factor=0.25),
+                 attack("square", queries=1000), attack("autoattack", version="fast"),
+                 attack("autoattack", version="standard"))
+    c.figure_examples = 0
   elif variant == "explain":  # the breast-ultrasound study's attacks on the BUSI ResNet-18s
     c.eps = (0.002, 0.004, 0.008)
     c.attacks = (
@@ -90,6 +98,6 @@ def get_config(variant: str = ""):
         explanation("grad_cam", mode="keep", steps=50, restarts=3),
     )
   elif variant:
-    raise ValueError(f"Unknown variant {variant!r}; use ':quick', ':cpu', ':explain', "
-                     "':strength' or nothing.")
+    raise ValueError(f"Unknown variant {variant!r}; use ':quick', ':cpu', ':autoattack', "
+                     "':explain', ':strength' or nothing.")
   return c

@@ -93,6 +93,23 @@ def dlr(logits, y):
   return m / (ordered[:, 0] - ordered[:, 1] + 1.0)
 
 
+def targeted_dlr(logits, y, target):
+  """Targeted difference of logits ratio (Croce & Hein 2020, APGD-T), maximised:
+  (z_t - z_y) / (z_pi1 - (z_pi3 + z_pi4) / 2). The reference needs four classes (with fewer
+  it stops with an index error); here three classes use the untargeted denominator
+  z_pi1 - z_pi3, and two classes, where the only target is the other class and the attack
+  is the untargeted one, the margin over the logit spread as in :func:`dlr`."""
+  pick = lambda c: jnp.take_along_axis(logits, c[:, None], axis=1)[:, 0]
+  gain = pick(target) - pick(y)
+  ordered = jnp.sort(logits, axis=1)[:, ::-1]
+  k = logits.shape[1]
+  if k >= 4:
+    return gain / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + _TINY)
+  if k == 3:
+    return gain / (ordered[:, 0] - ordered[:, 2] + _TINY)
+  return gain / (ordered[:, 0] - ordered[:, 1] + 1.0)
+
+
 CLASS_LOSSES = {"ce": cross_entropy, "margin": margin, "dlr": dlr}
 
 
@@ -284,9 +301,7 @@ def projected_gradient(objective: Objective, x: Array, *, eps, steps: int, norm:
       x0 = random_start(start_key, x, eps, norm) if start.random else x
     if step.rule == "apgd":
       zero = jnp.zeros((), x.dtype)
-      best_x, best_loss = _apgd(lambda xa: loss_grad_aux(xa, zero)[:2], x, x0, eps, steps,
-                                norm, unroll)
-      return best_x, best_loss, objective(best_x, jnp.ones((), x.dtype))[2]
+      return _apgd(lambda xa: loss_grad_aux(xa, zero), x, x0, eps, steps, norm, unroll)
     if start.clean_candidate:
       _, score, feasible = objective(x, jnp.zeros((), x.dtype))
       init = (x, score, feasible)
@@ -362,9 +377,12 @@ def apgd_checkpoints(steps: int) -> np.ndarray:
   return np.unique(np.ceil(np.round(np.asarray(p[:-1]) * steps, 6)).astype(int))
 
 
-def _apgd(loss_and_grad, x, x0, eps, steps, norm, unroll, alpha=0.75, rho=0.75):
+def _apgd(loss_grad_aux, x, x0, eps, steps, norm, unroll, alpha=0.75, rho=0.75):
   """APGD (Croce & Hein 2020, Algorithm 1): momentum 0.75, step 2 eps halved at
-  checkpoints where the loss stopped improving, restart from the best point."""
+  checkpoints where the loss stopped improving, restart from the highest-loss point.
+  Returns ``(x_adv, score, feasible)``: each example's best iterate by ``(feasible, score)``,
+  so an iterate that succeeded is returned even when a later one has a higher loss (as
+  AutoAttack's reference returns its last misclassified iterate)."""
   checkpoints = apgd_checkpoints(steps)
   is_ckpt = np.zeros(steps + 1, bool)
   is_ckpt[checkpoints[checkpoints <= steps]] = True
@@ -377,11 +395,14 @@ def _apgd(loss_and_grad, x, x0, eps, steps, norm, unroll, alpha=0.75, rho=0.75):
   b = x.shape[0]
   eta0 = 2.0 * jnp.broadcast_to(eps, (b,)).astype(x.dtype)
 
-  losses0, g0 = loss_and_grad(x0)
+  losses0, g0, score0, feas0 = loss_grad_aux(x0)
   x1 = project(x, x0 + _broadcast(eta0, x) * _ascent_direction(g0, norm), eps, norm)
-  losses1, g1 = loss_and_grad(x1)
+  losses1, g1, score1, feas1 = loss_grad_aux(x1)
   better = losses1 > losses0
+  first = _lexicographic_better(feas1, score1, feas0, score0)
   state = dict(
+      ret_x=jnp.where(_broadcast(first, x), x1, x0), ret_score=jnp.where(first, score1, score0),
+      ret_feasible=jnp.where(first, feas1, feas0),
       x=x1, x_prev=x0, g=g1, loss=losses1,
       best_x=jnp.where(_broadcast(better, x), x1, x0), best_loss=jnp.maximum(losses1, losses0),
       best_g=jnp.where(_broadcast(better, x), g1, g0),
@@ -394,7 +415,8 @@ def _apgd(loss_and_grad, x, x0, eps, steps, norm, unroll, alpha=0.75, rho=0.75):
     z = project(x, s["x"] + eta * _ascent_direction(s["g"], norm), eps, norm)
     # x1 above was the plain first step; from here on momentum alpha = 0.75.
     xn = project(x, s["x"] + alpha * (z - s["x"]) + (1 - alpha) * (s["x"] - s["x_prev"]), eps, norm)
-    loss_n, g_n = loss_and_grad(xn)
+    loss_n, g_n, score_n, feas_n = loss_grad_aux(xn)
+    ret = _lexicographic_better(feas_n, score_n, s["ret_feasible"], s["ret_score"])
     improved = loss_n > s["loss"]
     better = loss_n > s["best_loss"]
     best_x = jnp.where(_broadcast(better, x), xn, s["best_x"])
@@ -408,7 +430,10 @@ def _apgd(loss_and_grad, x, x0, eps, steps, norm, unroll, alpha=0.75, rho=0.75):
     eta_new = jnp.where(halve, s["eta"] / 2.0, s["eta"])
     # After halving, restart from the best point (with its stored gradient).
     h = _broadcast(halve, x)
-    new = dict(x=jnp.where(h, best_x, xn), x_prev=jnp.where(h, best_x, s["x"]),
+    new = dict(ret_x=jnp.where(_broadcast(ret, x), xn, s["ret_x"]),
+               ret_score=jnp.where(ret, score_n, s["ret_score"]),
+               ret_feasible=jnp.where(ret, feas_n, s["ret_feasible"]),
+               x=jnp.where(h, best_x, xn), x_prev=jnp.where(h, best_x, s["x"]),
                g=jnp.where(h, best_g, g_n), loss=jnp.where(halve, best_loss, loss_n),
                best_x=best_x, best_g=best_g, best_loss=best_loss, eta=eta_new,
                n_increase=jnp.where(ckpt, 0, n_increase),
@@ -420,7 +445,7 @@ def _apgd(loss_and_grad, x, x0, eps, steps, norm, unroll, alpha=0.75, rho=0.75):
   since = (ks + 1 - prev_ckpt[ks + 1]).astype(np.float32)
   inputs = (jnp.asarray(ks), jnp.asarray(is_ckpt[ks + 1]), jnp.asarray(since))
   state, _ = jax.lax.scan(body, state, inputs, unroll=unroll)
-  return state["best_x"], state["best_loss"]
+  return state["ret_x"], state["ret_score"], state["ret_feasible"]
 
 
 
@@ -428,11 +453,12 @@ def _apgd(loss_and_grad, x, x0, eps, steps, norm, unroll, alpha=0.75, rho=0.75):
 # Registered with their parameters (lib/registry.py): the keyword-only arguments but
 # ``eps``, ``key`` and ``surrogate_fns`` (which the caller supplies) are what a sweep's
 # config entry may set. ``family`` says how the gradient-masking checks treat an attack:
-# "single_step" (the reference iterative attacks must beat), "iterative", "baseline"
-# (random noise, which every attack must beat), "explanation" (not checked: it keeps labels).
+# "single_step" (the reference iterative attacks must beat), "iterative", "gradient_free"
+# (Square: much stronger than PGD means masked gradients), "baseline" (random noise, which
+# every attack must beat), "explanation" (not checked: it keeps labels).
 
 ATTACKS = registry.Registry("attack", fixed=("eps", "key", "surrogate_fns"))
-FAMILIES = ("single_step", "iterative", "baseline", "explanation")
+FAMILIES = ("single_step", "iterative", "gradient_free", "baseline", "explanation")
 _CLASS_LABEL = ("{loss}?", "{norm}?")
 _ITERATIVE_LABEL = ("{steps}",) + _CLASS_LABEL
 
@@ -514,8 +540,44 @@ def apgd(model, x, y, *, eps, steps: int = 100, norm: str = "linf", loss="ce",
                             unroll=unroll)
 
 
+@register_attack("apgd_t", label=("{steps}", "t{targets}", "{norm}?"))
+def apgd_targeted(model, x, y, *, eps, steps: int = 100, targets: int = 9, norm: str = "linf",
+                  key=None, unroll: int = 1):
+  """APGD-T (Croce & Hein 2020, AutoAttack's second attack): APGD on the targeted DLR loss
+  (:func:`targeted_dlr`) towards the most likely wrong class of the clean image, then the
+  second most likely, ... (``targets`` of them, at most K - 1), each run from a random
+  start in the ball; per example the first image that is misclassified (as any wrong
+  class), else the clean image. With two classes this is one APGD run towards the other
+  class."""
+  logits_fn = logits_of(model)
+  clean = logits_fn(x)
+  wrong = jnp.where(jax.nn.one_hot(y, clean.shape[1], dtype=bool), -jnp.inf, clean)
+  order = jnp.argsort(-wrong, axis=1)      # most likely wrong class first
+  key = _key(key)
+  x_adv, done = x, jnp.argmax(clean, -1) != y
+  for i in range(min(targets, clean.shape[1] - 1)):
+    target = order[:, i]
+
+    def objective(xa, t, target=target):
+      del t
+      logits = logits_fn(xa)
+      value = targeted_dlr(logits, y, target)
+      return value, value, jnp.argmax(logits, -1) != y
+    cand = projected_gradient(objective, x, eps=eps, steps=steps, norm=norm, step=Step("apgd"),
+                              start=Start(random=True), key=jax.random.fold_in(key, i),
+                              unroll=unroll)
+    hit = ~done & (jnp.argmax(logits_fn(cand), -1) != y)
+    x_adv = jnp.where(_broadcast(hit, x), cand, x_adv)
+    done = done | hit
+  return x_adv
+
+
 @register_attack("noise", family="baseline", label=("{norm}?",))
 def uniform_noise(model, x, y, *, eps, norm: str = "linf", key=None):
   """Random perturbation uniform in the ball: the baseline every attack must beat."""
   del model, y
   return random_start(_key(key), x, eps, norm)
+
+
+# Square and AutoAttack live beside this module and register themselves on import.
+from lib import autoattack as _autoattack  # noqa: E402,F401  pylint: disable=wrong-import-position

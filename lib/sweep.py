@@ -376,7 +376,10 @@ def row_norm(row) -> str:
 def masking_checks(rows) -> list[str]:
   """Signs of gradient masking (Athalye et al. 2018; Carlini et al. 2019, Sec. 5): per
   model and norm, accuracy must not rise with eps, iterative attacks must beat the
-  single-step one (FGSM), white-box attacks must beat random noise of the same size.
+  single-step one (FGSM), white-box attacks must beat random noise of the same size, and
+  a gradient-free attack (Square) must not be much stronger than the strongest gradient
+  attack (more than 2 points and 2 images lower accuracy: the gradients mislead; Croce &
+  Hein 2020 check the same with 0.2 points on 10000 images).
   Returns one line per violation. Explanation attacks keep (or only incidentally flip)
   labels by design and are not checked; attack families come from the registry
   (:func:`row_family`); attacks are compared only within one norm (:func:`row_norm`)."""
@@ -410,6 +413,18 @@ def masking_checks(rows) -> list[str]:
       for e, acc in curve.items():
         if e > 0 and e in noise and acc > noise[e] + 1e-9:
           issues.append(f"{model} / {attack} at eps {e:g}: accuracy {acc:.3f} above random noise's {noise[e]:.3f}")
+    sizes = {(r["attack"], r["eps"]): r.get("n") for r in mine}
+    gradient = [a for a in by if family[a] in ("single_step", "iterative")]
+    for attack, curve in by.items():
+      if family[attack] != "gradient_free":
+        continue
+      for e, acc in curve.items():
+        best = min(((by[g][e], g) for g in gradient if e in by[g]), default=None)
+        n = sizes.get((attack, e)) or 0
+        if best and e > 0 and acc < best[0] - max(0.02, 2.0 / n if n else 0.0) - 1e-9:
+          issues.append(f"{model} / {attack} at eps {e:g}: accuracy {acc:.3f}, far below the "
+                        f"strongest gradient attack's ({best[1]}, {best[0]:.3f}): gradients "
+                        "may be masked")
   return issues
 
 

@@ -40,6 +40,12 @@ def _compiled(name, norm):
       kw.update(key=key, restarts=2)
     if name == "apgd":
       kw.update(steps=6, key=key)
+    if name == "apgd_t":
+      kw.update(steps=6, targets=2, key=key)
+    if name == "square":
+      kw.update(queries=30, key=key)
+    if name == "autoattack":
+      kw.update(version="fast", key=key)
     return attacks.ATTACKS[name].fn(NET, x, y, **kw)
   return jax.jit(run)
 

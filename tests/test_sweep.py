@@ -173,6 +173,12 @@ def test_masking_checks_flag_a_masked_curve():
   l2 = [dict(model="m", attack="fgsm", eps=0.5, accuracy=0.3),
         dict(model="m", attack="pgd-10-l2", eps=0.5, accuracy=0.9)]
   assert not sweep.masking_checks(l2)     # an L2 ball of 0.5 is not an L-inf ball of 0.5
+  square = [dict(model="m", attack=a, eps=0.01, accuracy=acc, n=100) for a, acc in
+            [("fgsm", 0.6), ("pgd-10", 0.5), ("square-5000", 0.2)]]
+  issues = sweep.masking_checks(square)
+  assert len(issues) == 1 and "square-5000" in issues[0] and "(pgd-10, 0.500)" in issues[0]
+  square[2]["accuracy"] = 0.49              # one image of 100 apart: not flagged
+  assert not sweep.masking_checks(square)
 
 
 def test_sweep_on_8_devices_gives_the_numbers_of_one(trained, tmp_path):
