@@ -77,10 +77,10 @@ class Setup:
   """The same weights and images in both frameworks."""
 
   def __init__(self, arch: str, size: int, batch: int, seed: int = 0, im2col_max_pixels: int = 64,
-               device: str = "cpu"):
+               device: str = "cpu", num_classes: int = 2):
     torch.manual_seed(seed)
     self.device = torch.device(device)
-    net = getattr(torchvision.models, arch)(num_classes=2)
+    net = getattr(torchvision.models, arch)(num_classes=num_classes)
     with torch.no_grad():
       for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -89,7 +89,7 @@ class Setup:
     sd = {k: v.numpy() for k, v in net.state_dict().items()}
     self.net = net.to(self.device).eval()
     self.torch_model = torch.nn.Sequential(_Normalize(), self.net).eval()
-    self.model = models.ARCHITECTURES[arch](in_channels=3, num_classes=2, mean=MEAN, std=STD,
+    self.model = models.ARCHITECTURES[arch](in_channels=3, num_classes=num_classes, mean=MEAN, std=STD,
                                             im2col_max_pixels=im2col_max_pixels)
     self.variables, _ = torch_weights.from_torchvision(
         sd, models.init_variables(self.model, 0, size))

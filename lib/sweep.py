@@ -453,7 +453,8 @@ def write_sweep_outputs(rows, workdir, compilations: int, config=None,
   for line in checks:
     logging.warning("Possible gradient masking: %s", line)
   check_text = ("\n".join(f"- {c}" for c in checks) if checks else
-                "none: accuracy falls with eps, iterative attacks beat FGSM, attacks beat noise "
+                "none: accuracy falls with eps, iterative attacks beat FGSM, attacks beat noise, "
+                "no gradient-free attack is much stronger than the gradient attacks "
                 "(for the attacks in this grid)")
   text = (f"# Attack sweep\n\n{compilations} compilation(s) in the run that wrote this "
           f"({'whole grid done' if complete else 'grid not finished'}).\n\n{table}\n"
