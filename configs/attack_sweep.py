@@ -12,7 +12,9 @@ attacked method for explanation attacks) changed.
 ``:quick`` is a small grid (FGSM, PGD-10 and a Grad-CAM ``keep`` attack at one eps) for
 the demo, ``:cpu`` the class attacks used for the BUSI ResNet-18 models on 2 CPU cores,
 ``:autoattack`` robust accuracy under Square and AutoAttack (fast and standard; the
-reports flag a Square much stronger than PGD as gradient masking), ``:explain`` the
+reports flag a Square much stronger than PGD as gradient masking; accuracy only, so the
+iterative and gradient-free attacks use the eps cascade: each eps attacks only the images
+the smaller eps left robust, and the report lists those cells), ``:explain`` the
 explanation attacks of the breast-ultrasound study on them, ``:strength``
 study 4's Grad-CAM ``keep`` attack (10 signed steps of eps/4) against 5x the steps, Adam
 steps and restarts, on 32 test images (label-stratified; is the 10-step attack strong enough?):
@@ -60,6 +62,9 @@ def get_config(variant: str = ""):
   c.map_method = "grad_cam"        # ... of this method, for class attacks
   c.top_k = 0.05                   # top-k intersection: k as a fraction of the pixels
   c.resume = True                  # skip (model, attack) pairs already in workdir/results.json
+  # Accuracy-only cells (map_metrics off) of iterative and gradient-free attacks: each eps
+  # attacks only the images still robust at the smaller one (lib.sweep.run_attack_grid).
+  c.eps_cascade = True
   if variant == "quick":
     c.eps = (0.0, 0.002, 0.004, 0.008)
     c.attacks = (attack("fgsm"), attack("pgd", steps=10, step_size_factor=0.25),
@@ -74,7 +79,7 @@ def get_config(variant: str = ""):
     c.attacks = (attack("noise"), attack("fgsm"), attack("pgd", steps=10, step_size_factor=0.25),
                  attack("square", queries=1000), attack("autoattack", version="fast"),
                  attack("autoattack", version="standard"))
-    c.figure_examples = 0
+    c.figure_examples, c.map_metrics = 0, False   # accuracy only: the eps cascade applies
   elif variant == "explain":  # the breast-ultrasound study's attacks on the BUSI ResNet-18s
     c.eps = (0.002, 0.004, 0.008)
     c.attacks = (

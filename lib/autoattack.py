@@ -13,8 +13,8 @@
   only on the examples every earlier one failed on (stages with none left are skipped),
   per example the first success; images the model already misclassifies are returned
   unchanged. ``version="standard"``: 100 steps, 9 targets, 5000 queries;
-  ``version="fast"``: APGD-CE 50 steps + Square 1000 queries, for sweeps over many
-  checkpoints.
+  ``version="fast"``: APGD-CE 50 steps + Square 1000 queries (schedule rescaled to the
+  budget), for sweeps over many checkpoints.
 
 Differences from the reference code (fra31/auto-attack), each a choice stated here:
 
@@ -43,8 +43,8 @@ from lib.attacks import logits_of, register_attack
 _TINY = 1e-12
 VERSIONS = {
     "standard": (("apgd", dict(steps=100, loss="ce")), ("apgd_t", dict(steps=100, targets=9)),
-                 ("square", dict(queries=5000))),
-    "fast": (("apgd", dict(steps=50, loss="ce")), ("square", dict(queries=1000))),
+                 ("square", dict(queries=5000, rescale=False))),
+    "fast": (("apgd", dict(steps=50, loss="ce")), ("square", dict(queries=1000, rescale=True))),
 }
 _SCHEDULE = np.asarray([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
 
@@ -52,11 +52,13 @@ _SCHEDULE = np.asarray([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])
 # ----------------------------------------------------------------------------- Square
 
 
-def square_fraction(it, p_init: float = 0.8, queries: int = 5000, rescale: bool = False, xp=jnp):
+def square_fraction(it, p_init: float = 0.8, queries: int = 5000, rescale: bool = True, xp=jnp):
   """The fraction p of the image a square covers at iteration ``it`` (0-based): ``p_init``
-  up to iteration 10, then halved at 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 (Square
-  Attack, Sec. 3; AutoAttack uses it unrescaled, ``rescale=True`` maps ``queries`` onto the
-  10000 iterations the schedule was written for)."""
+  up to iteration 10, then halved after 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000
+  (Square Attack, Sec. 3). The schedule is written for 10000 iterations; ``rescale=True``
+  (the Square paper's code) maps a budget of ``queries`` onto it, so a short budget still
+  ends with small squares; ``rescale=False`` is AutoAttack's use (5000 queries, the
+  schedule's first half)."""
   it = xp.asarray(it)
   if rescale:
     it = (it * 10000) // queries
@@ -64,7 +66,7 @@ def square_fraction(it, p_init: float = 0.8, queries: int = 5000, rescale: bool 
 
 
 def square_side(it, height: int, width: int, *, p_init: float = 0.8, queries: int = 5000,
-                rescale: bool = False, norm: str = "linf", xp=jnp):
+                rescale: bool = True, norm: str = "linf", xp=jnp):
   """Side (pixels) of the square at iteration ``it``: round(sqrt(p * H * W)), at least 1
   (L-inf) or an odd number >= 3 (L2), at most min(H, W). ``xp=numpy`` computes it on the
   host."""
@@ -124,14 +126,15 @@ def _l2_image(a):
 
 
 def square_attack(logits_fn, x, y, *, eps, norm: str = "linf", queries: int = 5000,
-                  p_init: float = 0.8, key, loss: str = "margin", rescale: bool = False,
+                  p_init: float = 0.8, key, loss: str = "margin", rescale: bool = True,
                   active=None):
   """Square Attack (Andriushchenko et al., ECCV 2020), untargeted, on NHWC images in [0, 1].
 
   Returns ``(x_adv, queries_used)``: each example's best image (the first that fools the
   model, else the lowest loss) and the forward passes it took (1 for the start, 1 per
   iteration while it is not fooled). ``active`` (bool (B,)): examples to attack (the others
-  are returned unchanged, using no queries), e.g. those an earlier attack failed on."""
+  are returned unchanged, using no queries), e.g. those an earlier attack failed on.
+  ``rescale``: see :func:`square_fraction`."""
   if norm not in attacks.NORMS:
     raise ValueError(f"norm must be one of {attacks.NORMS}, got {norm!r}")
   if loss not in ("margin", "ce"):
@@ -139,6 +142,7 @@ def square_attack(logits_fn, x, y, *, eps, norm: str = "linf", queries: int = 50
   b, h, w, c = x.shape
   eps = attacks._broadcast(jnp.asarray(eps, x.dtype), x)
   active = jnp.ones((b,), bool) if active is None else active
+  active = active & (jnp.broadcast_to(eps, (b, 1, 1, 1))[:, 0, 0, 0] > 0)   # eps 0: nothing to search
   key_init, key_loop = jax.random.split(key)
   if norm == "linf":   # vertical stripes of +-eps, one sign per column and channel
     stripes = jax.random.rademacher(key_init, (b, 1, w, c), x.dtype)
@@ -244,11 +248,12 @@ def _first_true(win):
 
 @register_attack("square", family="gradient_free", label=("{queries}", "{norm}?"))
 def square(model, x, y, *, eps, norm: str = "linf", queries: int = 5000, p_init: float = 0.8,
-           loss: str = "margin", key=None):
+           loss: str = "margin", rescale: bool = True, key=None):
   """Square Attack (Andriushchenko et al., ECCV 2020): gradient-free random search over
-  square windows, ``queries`` iterations at most, margin loss; see :func:`square_attack`."""
+  square windows, ``queries`` iterations at most, margin loss, the square-size schedule
+  rescaled to the budget as in the paper's code; see :func:`square_attack`."""
   return square_attack(logits_of(model), x, y, eps=eps, norm=norm, queries=queries,
-                       p_init=p_init, key=attacks._key(key), loss=loss)[0]
+                       p_init=p_init, key=attacks._key(key), loss=loss, rescale=rescale)[0]
 
 
 # ----------------------------------------------------------------------------- the cascade
@@ -271,12 +276,13 @@ def autoattack(model, x, y, *, eps, norm: str = "linf", version: str = "standard
   """AutoAttack (Croce & Hein, ICML 2020) without FAB-T: APGD-CE, APGD-T (targeted DLR,
   9 targets) and Square (5000 queries), each only on the examples still classified
   correctly, per example the first success (``version="fast"``: APGD-CE 50 steps + Square
-  1000 queries). A stage with no example left is skipped. Images misclassified before any
-  attack are returned unchanged (they count as not robust)."""
+  1000 queries). A stage with no example left is skipped (all of them at eps 0). Images
+  misclassified before any attack are returned unchanged (they count as not robust)."""
   if version not in VERSIONS:
     raise ValueError(f"AutoAttack version must be one of {sorted(VERSIONS)}, got {version!r}")
   logits_fn, key = logits_of(model), attacks._key(key)
-  robust = jnp.argmax(logits_fn(x), -1) == y
+  # correct and attackable (at eps 0 every stage is skipped)
+  robust = (jnp.argmax(logits_fn(x), -1) == y) & (jnp.max(jnp.asarray(eps)) > 0)
   x_adv = x
   for i, (name, params) in enumerate(VERSIONS[version]):
     def run(operands, name=name, params=params, i=i):

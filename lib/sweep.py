@@ -24,7 +24,7 @@ from lib import explanation_attacks  # noqa: F401  pylint: disable=unused-import
 
 RESULT_COLUMNS = ("model", "attack", "eps", "clean_accuracy", "accuracy", "sensitivity",
                   "specificity", "balanced_accuracy", "auc", "success_rate", "linf_mean",
-                  "linf_max", "l2_mean", "l2_max", "psnr_mean", "ssim_mean", "n")
+                  "linf_max", "l2_mean", "l2_max", "psnr_mean", "ssim_mean", "n", "attacked")
 MAP_COLUMNS = ("model", "attack", "map_method", "eps", "map_label_kept", "spearman_median",
                "spearman_mean", "pearson_median", "top_k_intersection", "map_ssim",
                "com_shift_px", "lesion_energy_clean", "lesion_energy_adv", "constant_maps",
@@ -203,6 +203,18 @@ def map_cell_metrics(m: dict) -> dict:
   return row
 
 
+CASCADE_FAMILIES = ("iterative", "gradient_free")
+
+
+def cascades(config, spec, map_method_: str) -> bool:
+  """Whether the cells of attack ``spec`` use the eps cascade (:func:`run_attack_grid`):
+  ``config.eps_cascade`` is on, the sweep measures no map change for them (accuracy only)
+  and the attack is a worst-case one (an iterative or gradient-free attack; FGSM and
+  noise keep their own curves)."""
+  return bool(config.get("eps_cascade", False)) and not map_method_ and \
+      attack_family(spec) in CASCADE_FAMILIES
+
+
 def run_attack_grid(model, variables, arrays, config, spec, mesh, counter=None, *, in_channels,
                     keep_examples: int = 0, has_masks: bool = False, per_image=None,
                     cache: dict | None = None):
@@ -213,7 +225,15 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter=None, 
   eps, the per-image results: ``adv_correct``, ``adv_prob`` (of the last class) and,
   with map metrics, those of :func:`map_image_metrics`. A dict passed as ``cache`` keeps
   the compiled function for the next model of the same architecture (the weights are an
-  argument, so the runs of a cross-validation share one compilation per attack)."""
+  argument, so the runs of a cross-validation share one compilation per attack).
+
+  **Eps cascade** (:func:`cascades`; accuracy-only cells of worst-case attacks): the eps
+  run in increasing order and each eps attacks only the images still classified correctly
+  at the one before; an image broken at a smaller eps keeps that adversarial image (it
+  lies in every larger ball) and its numbers. Robust accuracy is then the worst case over
+  the smaller eps too (never above the eps-by-eps value, falling with eps by
+  construction), at the cost of the survivors only. Each row says whether it was
+  cascaded (``eps_cascade``) and how many images were attacked (``attacked``)."""
   method = map_method(spec, config) if config.get("map_metrics", True) else ""
   shown = data.example_indices(arrays["label"], keep_examples)   # both classes in figures
   label, family = attack_label(spec), attack_family(spec)
@@ -228,13 +248,21 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter=None, 
   rows, examples = [], {}
   key = jax.random.PRNGKey(config.seed)
   prepare = lambda b: {"x": data.to_model_input(b["image"], in_channels), "y": b["label"]}
-  for eps in dict(spec).get("eps") or config.eps:
-    cat = parallel.map_batches(fn, {"image": arrays["image"], "label": arrays["label"]},
-                               batch_size=config.batch_size, mesh=mesh,
-                               args=(variables, jnp.float32(eps), key), prepare=prepare)
+  cascade = cascades(config, spec, method)
+  grid = [float(e) for e in (dict(spec).get("eps") or config.eps)]
+  previous = None     # the cascade's per-image outputs at the last eps
+  for eps in (sorted(grid) if cascade else grid):
+    todo = np.arange(len(arrays["label"]))
+    if previous is not None:
+      todo = np.flatnonzero(previous["adv_probs"].argmax(-1) == arrays["label"])
+    cat = _attack_images(fn, arrays, todo, previous, config, mesh,
+                         (variables, jnp.float32(eps), key), prepare)
+    if cascade:
+      previous = cat
     row = {"attack": label, "family": family, "norm": norm, "eps": float(eps),
            **cell_metrics(cat["clean_probs"], cat["adv_probs"], arrays["label"],
-                          {k: cat[k] for k in ("linf", "l2", "psnr", "ssim")})}
+                          {k: cat[k] for k in ("linf", "l2", "psnr", "ssim")}),
+           "eps_cascade": cascade, "attacked": int(len(todo))}
     images = {"adv_correct": (cat["adv_probs"].argmax(-1) == arrays["label"]).astype(np.float64),
               "adv_prob": cat["adv_probs"][:, -1].astype(np.float64)}
     if method:
@@ -250,6 +278,24 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter=None, 
       keys = ("x_adv", "adv_probs", "clean_probs", "clean_map", "adv_map", "spearman")
       examples[float(eps)] = {"index": shown, **{k: cat[k][shown] for k in keys if k in cat}}
   return rows, examples
+
+
+def _attack_images(fn, arrays, todo, previous, config, mesh, args, prepare) -> dict:
+  """``fn``'s per-image outputs on the images ``todo``; the others are ``previous``'s (the
+  eps cascade). With no ``previous``, ``todo`` is every image."""
+  if previous is not None and len(todo) == 0:
+    return {k: v.copy() for k, v in previous.items()}
+  sub = {"image": arrays["image"], "label": arrays["label"]}
+  if previous is not None:
+    sub = {k: v[todo] for k, v in sub.items()}
+  out = parallel.map_batches(fn, sub, batch_size=config.batch_size, mesh=mesh, args=args,
+                             prepare=prepare)
+  if previous is None:
+    return out
+  merged = {k: v.copy() for k, v in previous.items()}
+  for k, v in out.items():
+    merged[k][todo] = v
+  return merged
 
 
 def run_sweep(config, workdir: str) -> list[dict]:
@@ -324,7 +370,8 @@ def _sweep(config, workdir: str, mesh, checkpoints) -> list[dict]:
 
 
 # Settings that change every cell's numbers: a resumed sweep must have the same ones.
-_RESUME_KEYS = ("split", "which", "max_images", "seed", "map_metrics", "map_method", "top_k")
+_RESUME_KEYS = ("split", "which", "max_images", "seed", "map_metrics", "map_method", "top_k",
+                "eps_cascade")
 
 
 def previous_cells(config, workdir: str) -> list[dict]:
@@ -428,6 +475,25 @@ def masking_checks(rows) -> list[str]:
   return issues
 
 
+def cascade_text(rows) -> str:
+  """The report's paragraph naming the cells computed with the eps cascade ('' if none)."""
+  pairs = {}
+  for r in rows:
+    if r.get("eps_cascade"):
+      pairs.setdefault((r["model"], r["attack"]), []).append(f"{r['eps']:g}: {r['attacked']}/{r['n']}")
+  if not pairs:
+    return ""
+  lines = "\n".join(f"- {m} / {a} (eps: images attacked) {', '.join(c)}"
+                     for (m, a), c in pairs.items())
+  return ("## Eps cascade\n\nThese cells were computed with the eps cascade: at each eps only "
+          "the images still classified correctly at the next smaller eps were attacked; the "
+          "others keep their adversarial image from the smaller eps (it lies inside the larger "
+          "ball). Their accuracy is the worst case over all smaller eps too, so it cannot rise "
+          "with eps (the rising-accuracy check is vacuous for them). `attacked` in results.csv "
+          f"counts the images attacked per cell; `--config.eps_cascade=False` turns it off.\n\n"
+          f"{lines}\n\n")
+
+
 def write_sweep_outputs(rows, workdir, compilations: int, config=None,
                         complete: bool = False) -> None:
   """results.json (cells, the settings of :data:`_RESUME_KEYS`, ``complete`` once the whole
@@ -458,7 +524,7 @@ def write_sweep_outputs(rows, workdir, compilations: int, config=None,
                 "(for the attacks in this grid)")
   text = (f"# Attack sweep\n\n{compilations} compilation(s) in the run that wrote this "
           f"({'whole grid done' if complete else 'grid not finished'}).\n\n{table}\n"
-          f"## Gradient-masking checks\n\n{check_text}\n\n"
+          f"{cascade_text(rows)}## Gradient-masking checks\n\n{check_text}\n\n"
           "![accuracy against eps](accuracy_vs_eps.png)\n")
   if map_table:
     text += ("\n## Explanations under attack\n\nBetween the map of each clean image and of its "

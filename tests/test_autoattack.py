@@ -14,12 +14,16 @@ def test_square_schedule_matches_the_reference():
   """Side of the square on 32 x 32 images at the iterations where p halves (the values of
   fra31/auto-attack's p_selection with p_init = 0.8, unrescaled)."""
   its = [0, 10, 11, 50, 51, 200, 201, 500, 501, 1000, 1001, 2000, 2001, 4000, 4001]
-  assert [int(s) for s in autoattack.square_side(np.asarray(its), 32, 32, xp=np)] == \
+  assert [int(s) for s in autoattack.square_side(np.asarray(its), 32, 32, rescale=False, xp=np)] == \
       [29, 29, 20, 20, 14, 14, 10, 10, 7, 7, 5, 5, 4, 4, 3]
-  sides = autoattack.square_side(np.arange(5000), 32, 32, norm="l2", xp=np)
+  sides = autoattack.square_side(np.arange(5000), 32, 32, rescale=False, norm="l2", xp=np)
   assert set(np.unique(sides)) == {3, 5, 7, 11, 15, 21, 29} and (sides % 2 == 1).all()
   assert autoattack.square_fraction(9000, xp=np) == 0.8 / 512
   assert autoattack.square_fraction(2500, queries=5000, rescale=True, xp=np) == 0.8 / 128
+  # The Square paper's code maps any budget onto the 10000 iterations: 1000 queries end
+  # at p_init / 512 (sides 1 on 32 px) where AutoAttack's unrescaled 1000 stop at p_init / 16.
+  assert autoattack.square_fraction(999, queries=1000, xp=np) == 0.8 / 512
+  assert autoattack.square_fraction(999, queries=1000, rescale=False, xp=np) == 0.8 / 16
 
 
 def test_eta_pattern_is_a_unit_norm_pair_of_opposite_blobs():
@@ -66,6 +70,10 @@ def test_square_counts_queries_keeps_its_best_and_leaves_inactive_examples_alone
     assert not (fooled & (np.asarray(used) == 201)).any()
     assert fooled[np.asarray(active)].mean() > 0.5
     assert float(attacks.lp_norm(x_adv - x, norm).max()) <= eps * (1 + 1e-5)
+  # eps 0 (a sweep's clean column): nothing to search, no query spent
+  x0, used0 = autoattack.square_attack(f, x, y, eps=0.0, queries=200, key=jax.random.PRNGKey(2))
+  np.testing.assert_array_equal(x0, x)
+  assert int(np.asarray(used0).max()) == 0
 
 
 def test_autoattack_cascade_is_at_least_as_strong_as_its_first_stage_and_skips_misclassified():

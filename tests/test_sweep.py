@@ -99,6 +99,38 @@ def test_sweep_resumes_where_it_stopped(trained, tmp_path):
   assert len(sweep.run_sweep(c, str(tmp_path))) == len(first)
 
 
+def test_eps_cascade_attacks_only_the_survivors_and_is_never_weaker(trained, tmp_path):
+  """Accuracy-only sweep: PGD's eps after the first attack only the images the smaller eps
+  left robust (an image broken at a smaller eps stays broken), FGSM keeps its own curve;
+  the report names the cascaded cells."""
+  rows = {}
+  for cascade in (True, False):
+    c = _config(trained[4], 1)
+    c.attacks, c.map_metrics, c.figure_examples = c.attacks[:2], False, 0
+    c.eps, c.eps_cascade = (0.008, 0.0, 0.002, 0.004), cascade   # out of order on purpose
+    rows[cascade] = sweep.run_sweep(c, str(tmp_path / str(cascade)))
+  pgd = [r for r in rows[True] if r["attack"] == "pgd-10"]
+  assert [r["eps"] for r in pgd] == [0.0, 0.002, 0.004, 0.008]
+  assert all(r["eps_cascade"] for r in pgd) and pgd[0]["attacked"] == 24
+  for a, b in zip(pgd, pgd[1:]):
+    assert b["attacked"] == round(a["accuracy"] * 24) and b["accuracy"] <= a["accuracy"]
+    assert b["linf_max"] <= b["eps"] + 1e-6
+  assert pgd[-1]["attacked"] < 24                       # the cascade saved work
+  plain = {r["eps"]: r for r in rows[False] if r["attack"] == "pgd-10"}
+  assert not any(r["eps_cascade"] for r in plain.values())
+  for r in pgd:   # the worst case over smaller eps too (one image of slack: other random starts)
+    assert r["accuracy"] <= plain[r["eps"]]["accuracy"] + 1.0 / 24 + 1e-9
+  fgsm = [r for r in rows[True] if r["attack"] == "fgsm"]
+  assert not any(r["eps_cascade"] for r in fgsm) and all(r["attacked"] == 24 for r in fgsm)
+  report = (tmp_path / "True" / "report.md").read_text()
+  assert "## Eps cascade" in report and "pgd-10" in report.split("## Eps cascade")[1].split("##")[0]
+  assert "## Eps cascade" not in (tmp_path / "False" / "report.md").read_text()
+  # A resumed sweep with the other setting is refused (its numbers would mix).
+  c.eps_cascade = True
+  with pytest.raises(ValueError, match="eps_cascade"):
+    sweep.run_sweep(c, str(tmp_path / "False"))
+
+
 def test_runs_with_the_same_dir_name_keep_their_own_cells(trained, tmp_path):
   """``standard/seed1_fold0`` and ``pgd/seed1_fold0``: both models in the tables, under
   distinct names (keyed by the last dir name alone, the second replaced the first's cells)."""

@@ -47,6 +47,8 @@ def base(name: str, variant: str, title: str, claim_text: str) -> ml_collections
   c.attacks = ()                   # entries as in attack.py, measured on every held-out fold
   c.eps = (0.004,)
   c.map_metrics = True             # for every attack, how much the map_method map changed
+  c.eps_cascade = False            # accuracy-only attacks: each eps only on the survivors of the
+                                   # smaller one (lib.sweep.run_attack_grid)
   c.map_method = "grad_cam"
   c.top_k = 0.05
   c.methods = ()                   # saliency methods whose map quality is measured

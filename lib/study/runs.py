@@ -46,7 +46,7 @@ def train_run(study, m, seed: int, fold: int, workdir: str) -> str:
 def _attack_config(study) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       eps=tuple(study.eps), batch_size=study.batch_size, seed=0, map_metrics=study.map_metrics,
-      map_method=study.map_method, top_k=study.top_k))
+      map_method=study.map_method, top_k=study.top_k, eps_cascade=study.get("eps_cascade", False)))
 
 
 def _explain_config(study) -> ml_collections.ConfigDict:
