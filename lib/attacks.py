@@ -540,25 +540,31 @@ def apgd(model, x, y, *, eps, steps: int = 100, norm: str = "linf", loss="ce",
                             unroll=unroll)
 
 
-@register_attack("apgd_t", label=("{steps}", "t{targets}", "{norm}?"))
 def apgd_targeted(model, x, y, *, eps, steps: int = 100, targets: int = 9, norm: str = "linf",
-                  key=None, unroll: int = 1):
+                  key=None, unroll: int = 1, active=None):
   """APGD-T (Croce & Hein 2020, AutoAttack's second attack): APGD on the targeted DLR loss
   (:func:`targeted_dlr`) towards the most likely wrong class of the clean image, then the
   second most likely, ... (``targets`` of them, at most K - 1), each run from a random
   start in the ball; per example the first image that is misclassified (as any wrong
-  class), else the clean image. With two classes this is one APGD run towards the other
-  class."""
+  class), else the clean image. The targets are one ``lax.while_loop`` (one compiled
+  body) that stops once every example is misclassified, as the reference runs each target
+  only on the examples still robust. ``active`` (bool
+  (B,)): the examples to attack (e.g. those APGD-CE left robust); the others are returned
+  unchanged. With two classes this is one APGD run towards the other class."""
   logits_fn = logits_of(model)
   clean = logits_fn(x)
   wrong = jnp.where(jax.nn.one_hot(y, clean.shape[1], dtype=bool), -jnp.inf, clean)
   order = jnp.argsort(-wrong, axis=1)      # most likely wrong class first
   key = _key(key)
-  x_adv, done = x, jnp.argmax(clean, -1) != y
-  for i in range(min(targets, clean.shape[1] - 1)):
+  done = jnp.argmax(clean, -1) != y
+  if active is not None:
+    done = done | ~active
+
+  def run(state):
+    i, x_adv, done = state
     target = order[:, i]
 
-    def objective(xa, t, target=target):
+    def objective(xa, t):
       del t
       logits = logits_fn(xa)
       value = targeted_dlr(logits, y, target)
@@ -567,9 +573,20 @@ def apgd_targeted(model, x, y, *, eps, steps: int = 100, targets: int = 9, norm:
                               start=Start(random=True), key=jax.random.fold_in(key, i),
                               unroll=unroll)
     hit = ~done & (jnp.argmax(logits_fn(cand), -1) != y)
-    x_adv = jnp.where(_broadcast(hit, x), cand, x_adv)
-    done = done | hit
+    return i + 1, jnp.where(_broadcast(hit, x), cand, x_adv), done | hit
+
+  n = min(targets, clean.shape[1] - 1)   # one compiled body for every target
+  _, x_adv, _ = jax.lax.while_loop(lambda st: (st[0] < n) & ~jnp.all(st[2]), run,
+                                   (jnp.int32(0), x, done))
   return x_adv
+
+
+@register_attack("apgd_t", label=("{steps}", "t{targets}", "{norm}?"))
+def apgd_t(model, x, y, *, eps, steps: int = 100, targets: int = 9, norm: str = "linf",
+           key=None, unroll: int = 1):
+  """APGD-T on every example (:func:`apgd_targeted`), as a sweep entry."""
+  return apgd_targeted(model, x, y, eps=eps, steps=steps, targets=targets, norm=norm, key=key,
+                       unroll=unroll)
 
 
 @register_attack("noise", family="baseline", label=("{norm}?",))

@@ -268,7 +268,8 @@ def _stage(name: str, params: dict, logits_fn, x, y, *, eps, norm, key, active):
     return attacks.projected_gradient(objective, x, eps=eps, steps=params["steps"], norm=norm,
                                       step=attacks.Step("apgd"),
                                       start=attacks.Start(random=True), key=key)
-  return attacks.apgd_targeted(logits_fn, x, y, eps=eps, norm=norm, key=key, **params)
+  return attacks.apgd_targeted(logits_fn, x, y, eps=eps, norm=norm, key=key, active=active,
+                               **params)
 
 
 @register_attack("autoattack", label=("{version}", "{norm}?"))

@@ -315,6 +315,7 @@ def run_sweep(config, workdir: str) -> list[dict]:
 
 def _sweep(config, workdir: str, mesh, checkpoints) -> list[dict]:
   counter = TraceCounter()
+  compiled = {}   # checkpoints of one architecture share each attack's compilation
   rows = previous_cells(config, workdir) if config.get("resume", True) else []
   grid = {}   # (model, attack) -> position in this grid: the order of the tables
   for name, ckpt in zip(experiment.run_names(checkpoints), checkpoints):
@@ -344,7 +345,8 @@ def _sweep(config, workdir: str, mesh, checkpoints) -> list[dict]:
         continue
       cells, examples = run_attack_grid(model, variables, arrays, config, spec, mesh, counter,
                                         in_channels=train_config.model.in_channels,
-                                        keep_examples=config.figure_examples, has_masks=has_masks)
+                                        keep_examples=config.figure_examples, has_masks=has_masks,
+                                        cache=compiled)
       logging.info("%s / %s: %d eps in %.1f s, %d compilation(s)", name, label, len(cells),
                    time.time() - t0, counter.count - before)
       done_eps = {c["eps"] for c in cells}

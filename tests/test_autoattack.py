@@ -95,6 +95,11 @@ def test_autoattack_cascade_is_at_least_as_strong_as_its_first_stage_and_skips_m
   one = attacks.apgd_targeted(f, x, y, eps=eps, steps=20, targets=1, key=key)
   four = attacks.apgd_targeted(f, x, y, eps=eps, steps=20, targets=4, key=key)
   assert (wrong(four) >= wrong(one)).all()
+  # only the active examples are attacked (AutoAttack passes those APGD-CE left robust)
+  active = jnp.arange(24) % 3 == 0
+  part = attacks.apgd_targeted(f, x, y, eps=eps, steps=20, targets=4, key=key, active=active)
+  np.testing.assert_array_equal(np.asarray(part)[~np.asarray(active)], np.asarray(x)[~np.asarray(active)])
+  np.testing.assert_array_equal(wrong(part)[np.asarray(active)], wrong(four)[np.asarray(active)])
 
 
 def test_square_and_autoattack_on_the_trained_model(trained):

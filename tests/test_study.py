@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from configs.studies import (busi_gradcam, busi_gradcam_map_attacks, common, oncology_robustness,
-                             robust_gradcam, robust_saliency, robust_saliency_last)
+from configs.studies import (busi_gradcam, busi_gradcam_map_attacks, common, oncology_autoattack,
+                             oncology_robustness, robust_gradcam, robust_saliency,
+                             robust_saliency_last)
 from lib import report, study
 
 
@@ -156,7 +157,8 @@ def test_every_study_config_builds_every_model_config(variant, tmp_path):
              oncology_robustness.get_config(f"brain_mri_{variant}"),
              robust_saliency.get_config(f"brain_mri_{variant}"),
              robust_saliency_last.get_config(variant),
-             busi_gradcam_map_attacks.get_config(variant)]
+             busi_gradcam_map_attacks.get_config(variant),
+             oncology_autoattack.get_config(f"busi_{variant}")]
   for s in configs:
     for m, seed, fold in study.all_runs(s):
       c = study.train_config_for(s, m, seed, fold, str(tmp_path))
@@ -180,6 +182,13 @@ def test_every_study_config_builds_every_model_config(variant, tmp_path):
   brain = study.train_config_for(configs[5], configs[5].models[3], 0, 1, str(tmp_path))
   assert brain.data.name == "brain_mri" and brain.trainable == ("stem", "stage1")
   assert not any("lesion" in m for m in configs[5].metrics)   # no tumour masks
+  worst = configs[8]   # study 2's own runs, attacked with AutoAttack and the eps cascade
+  assert study.run_dir(worst, "w", "iterative", 0, 1) == os.path.join(
+      "runs/study_oncology_robustness_busi_" + variant, "iterative", "seed0_fold1")
+  assert worst.eps_cascade and not worst.map_metrics and [m.name for m in worst.models] == [
+      m.name for m in configs[3].models]
+  from lib.study import runs   # the evaluation passes the cascade on to the sweep
+  assert runs._attack_config(worst).eps_cascade and not runs._attack_config(configs[3]).eps_cascade
   for bad in (oncology_robustness, robust_saliency):
     with pytest.raises(ValueError, match="Unknown variant"):
       bad.get_config("ct_cpu")
