@@ -202,9 +202,14 @@ def main():
   if full:
     lines += [f"Ours no higher than torchattacks (one image allowed) at every eps: {ok}."]
   lines += [f"Square-1000: the seeds' ranges overlap (one image allowed) at every eps: {spread}.", ""]
+  report(lines, a.record)
+
+
+def report(lines, record: bool) -> None:
+  """Prints the lines; with ``record``, appends them to bench/RESULTS.md."""
   text = "\n".join(lines)
   print(text)
-  if a.record:
+  if record:
     with open(os.path.join(HERE, "RESULTS.md"), "a") as fh:
       fh.write("\n" + text)
 

@@ -43,7 +43,7 @@ import torch  # noqa: E402
 import torchattacks  # noqa: E402
 
 import peers  # noqa: E402
-from autoattack_agreement import torch_cascade  # noqa: E402
+from autoattack_agreement import report, torch_cascade  # noqa: E402
 from lib import parallel, sweep  # noqa: E402
 
 EPS = (0.0, 0.001, 0.002, 0.004, 0.008, 0.016, 0.031)
@@ -119,11 +119,7 @@ def main():
             f"{ratio('torchattacks standard without FAB-T', 'ours standard, compiled'):.2f}x), "
             f"fast {ratio('torchattacks fast', 'ours fast'):.2f}x and "
             f"{ratio('torchattacks fast', 'ours fast, compiled'):.2f}x.", ""]
-  text = "\n".join(lines)
-  print(text)
-  if a.record:
-    with open(os.path.join(HERE, "RESULTS.md"), "a") as fh:
-      fh.write("\n" + text)
+  report(lines, a.record)
 
 
 if __name__ == "__main__":

@@ -78,11 +78,41 @@ def square_side(it, height: int, width: int, *, p_init: float = 0.8, queries: in
   return xp.clip(s, 1, min(height, width))
 
 
-def _margin_and_loss(logits_fn, x, y, loss: str):
+def _margin_and_loss(logits, y, loss: str):
   """(margin z_y - max_{j != y} z_j, the loss Square minimises: the margin or -CE)."""
-  logits = logits_fn(x)
   m = -attacks.margin(logits, y)
   return m, (m if loss == "margin" else -attacks.cross_entropy(logits, y))
+
+
+def bucket_sizes(batch: int, halvings: int = 4) -> tuple:
+  """The batch sizes :func:`compacted_logits` computes in: ``batch``, ``batch / 2``, ...
+  (``halvings`` times while the halves are whole)."""
+  sizes = [batch]
+  while len(sizes) <= halvings and sizes[-1] % 2 == 0 and sizes[-1] > 1:
+    sizes.append(sizes[-1] // 2)
+  return tuple(sizes)
+
+
+def compacted_logits(logits_fn, x, rows, sizes):
+  """``logits_fn(x)`` for the rows where ``rows`` is true, in the smallest of ``sizes``
+  (descending, from :func:`bucket_sizes`) that holds them: the rows are moved to the front
+  (a stable permutation) and a ``lax.switch`` runs the network on that prefix only. Other
+  rows get zero logits. The reference attacks work on the examples not yet fooled only;
+  with static shapes this is the closest, at one compiled forward per size. Per-example
+  networks (BatchNorm in inference mode) give every row the logits of a full batch, up to
+  float rounding."""
+  b = x.shape[0]
+  perm = jnp.argsort(~rows, stable=True)
+  xs = x[perm]
+
+  def prefix(size):
+    def run(xs):
+      logits = logits_fn(xs[:size])
+      return jnp.zeros((b,) + logits.shape[1:], logits.dtype).at[:size].set(logits)
+    return run
+  index = jnp.sum(jnp.asarray(sizes) >= jnp.sum(rows)) - 1   # the smallest size that fits
+  out = jax.lax.switch(jnp.maximum(index, 0), [prefix(s) for s in sizes], xs)
+  return jnp.zeros_like(out).at[perm].set(out)
 
 
 def _window(top, left, side, height: int, width: int):
@@ -127,14 +157,16 @@ def _l2_image(a):
 
 def square_attack(logits_fn, x, y, *, eps, norm: str = "linf", queries: int = 5000,
                   p_init: float = 0.8, key, loss: str = "margin", rescale: bool = True,
-                  active=None):
+                  active=None, compact: bool = True):
   """Square Attack (Andriushchenko et al., ECCV 2020), untargeted, on NHWC images in [0, 1].
 
   Returns ``(x_adv, queries_used)``: each example's best image (the first that fools the
   model, else the lowest loss) and the forward passes it took (1 for the start, 1 per
   iteration while it is not fooled). ``active`` (bool (B,)): examples to attack (the others
   are returned unchanged, using no queries), e.g. those an earlier attack failed on.
-  ``rescale``: see :func:`square_fraction`."""
+  ``rescale``: see :func:`square_fraction`. ``compact``: each query runs the network only
+  on the examples not yet fooled (:func:`compacted_logits`), as the reference does; the
+  result is the same up to float rounding."""
   if norm not in attacks.NORMS:
     raise ValueError(f"norm must be one of {attacks.NORMS}, got {norm!r}")
   if loss not in ("margin", "ce"):
@@ -159,7 +191,8 @@ def square_attack(logits_fn, x, y, *, eps, norm: str = "linf", queries: int = 50
       patterns[i, :s, :s] = eta_pattern(int(s))
     sides, patterns = jnp.asarray(sides), jnp.asarray(patterns)
   x_best = jnp.where(active[:, None, None, None], x_best, x)
-  margin, loss_min = _margin_and_loss(logits_fn, x_best, y, loss)
+  margin, loss_min = _margin_and_loss(logits_fn(x_best), y, loss)
+  sizes = bucket_sizes(b) if compact else (b,)
   margin = jnp.where(active, margin, -jnp.inf)      # inactive examples count as done
   used = active.astype(jnp.int32)
 
@@ -176,7 +209,7 @@ def square_attack(logits_fn, x, y, *, eps, norm: str = "linf", queries: int = 50
     else:
       x_new = _l2_step(x, x_best, eps, win, side, sides, patterns, k_sign, k_win2, k_t)
     x_new = jnp.clip(x_new, 0.0, 1.0)
-    m_new, l_new = _margin_and_loss(logits_fn, x_new, y, loss)
+    m_new, l_new = _margin_and_loss(compacted_logits(logits_fn, x_new, todo, sizes), y, loss)
     improved = todo & (l_new < loss_min)
     update = todo & (improved | (m_new <= 0))
     return (it + 1, key, jnp.where(update[:, None, None, None], x_new, x_best),

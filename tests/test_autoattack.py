@@ -70,6 +70,21 @@ def test_square_counts_queries_keeps_its_best_and_leaves_inactive_examples_alone
     assert not (fooled & (np.asarray(used) == 201)).any()
     assert fooled[np.asarray(active)].mean() > 0.5
     assert float(attacks.lp_norm(x_adv - x, norm).max()) <= eps * (1 + 1e-5)
+  # Each query runs the network only on the examples not yet fooled (the smallest bucket
+  # that holds them): the same search as on the whole batch.
+  assert autoattack.bucket_sizes(16) == (16, 8, 4, 2, 1) and autoattack.bucket_sizes(24) == (24, 12, 6, 3)
+  rows = jnp.arange(16) % 5 == 0
+  part = autoattack.compacted_logits(f, x, rows, autoattack.bucket_sizes(16))
+  np.testing.assert_allclose(np.asarray(part)[np.asarray(rows)], np.asarray(f(x))[np.asarray(rows)],
+                             rtol=1e-5, atol=1e-6)
+  assert not np.asarray(part)[~np.asarray(rows)].any()
+  for compact in (True, False):
+    out = autoattack.square_attack(f, x, y, eps=0.1, queries=200, key=jax.random.PRNGKey(2),
+                                   active=active, compact=compact)
+    if compact:
+      first = out
+  np.testing.assert_array_equal(first[1], out[1])
+  np.testing.assert_allclose(first[0], out[0], atol=1e-6)
   # eps 0 (a sweep's clean column): nothing to search, no query spent
   x0, used0 = autoattack.square_attack(f, x, y, eps=0.0, queries=200, key=jax.random.PRNGKey(2))
   np.testing.assert_array_equal(x0, x)
