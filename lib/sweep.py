@@ -287,14 +287,19 @@ def _attack_images(fn, arrays, todo, previous, config, mesh, args, prepare) -> d
     return {k: v.copy() for k, v in previous.items()}
   sub = {"image": arrays["image"], "label": arrays["label"]}
   if previous is not None:
-    sub = {k: v[todo] for k, v in sub.items()}
+    # The survivors fill whole batches; the rows that pad the last one carry label -1, which
+    # no prediction matches, so AutoAttack counts them as broken and skips them (repeats
+    # of a survivor would be attacked in full). Their outputs are dropped.
+    padded = np.concatenate([todo, np.full(-len(todo) % config.batch_size, todo[-1])])
+    sub = {"image": arrays["image"][padded],
+           "label": np.where(np.arange(len(padded)) < len(todo), arrays["label"][padded], -1)}
   out = parallel.map_batches(fn, sub, batch_size=config.batch_size, mesh=mesh, args=args,
                              prepare=prepare)
   if previous is None:
     return out
   merged = {k: v.copy() for k, v in previous.items()}
   for k, v in out.items():
-    merged[k][todo] = v
+    merged[k][todo] = v[:len(todo)]
   return merged
 
 

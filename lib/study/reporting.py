@@ -197,7 +197,12 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
       f"over images resampling whole groups ({study.n_boot} resamples). Comparisons are paired "
       "(same folds, same images)."
       + (" `checkpoints.md`: the checkpoint each run kept and its validation metrics."
-         if selected else ""), "",
+         if selected else "")
+      + (" Attacks used the eps cascade (`eps_cascade`): at each eps only the images still "
+         "classified correctly at the smaller eps were attacked, the others kept their "
+         "adversarial image, so accuracy under an iterative or gradient-free attack is the "
+         "worst case over the smaller eps too." if study.get("eps_cascade") and not
+         study.get("map_metrics", True) else ""), "",
       "## Models", "", model_table, "## Comparisons (a - b)", "", comparison_table,
       "![metrics](metrics.png)", ""]
   lines += [f"![{c}]({c})" for c in curves] + [""]
