@@ -175,7 +175,8 @@ def plot_adversarial_examples(arrays, examples: dict, class_names, path: str,
     axes[i, 0].imshow(clean, cmap="gray", vmin=0, vmax=1)
     axes[i, 0].set_title(f"clean ({label})\n{class_names[p_clean.argmax()]} {p_clean.max():.2f}", fontsize=7)
     axes[i, 1].imshow(delta / scale, cmap="seismic", vmin=-1, vmax=1)
-    axes[i, 1].set_title(f"perturbation x{1 / scale:.0f}\nmax {scale:.4f}", fontsize=7)
+    axes[i, 1].set_title(f"perturbation x{1 / scale:.0f}\nmax {scale:.4f}" if scale > 1e-8 else
+                         "no perturbation\n(not attacked or none found)", fontsize=7)
     axes[i, 2].imshow(adv, cmap="gray", vmin=0, vmax=1)
     axes[i, 2].set_title(f"adversarial eps={eps:g}\n{class_names[p_adv.argmax()]} {p_adv.max():.2f}",
                          fontsize=7, color="red" if p_adv.argmax() != p_clean.argmax() else "black")
