@@ -231,8 +231,9 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter=None, 
   run in increasing order and each eps attacks only the images still classified correctly
   at the one before; an image broken at a smaller eps keeps that adversarial image (it
   lies in every larger ball) and its numbers. Robust accuracy is then the worst case over
-  the smaller eps too (never above the eps-by-eps value, falling with eps by
-  construction), at the cost of the survivors only. Each row says whether it was
+  the smaller eps too (it cannot rise with eps; it can exceed the eps-by-eps value only
+  where a re-attacked survivor draws other random starts, which the tests bound by one
+  image), at the cost of the survivors only. Each row says whether it was
   cascaded (``eps_cascade``) and how many images were attacked (``attacked``)."""
   method = map_method(spec, config) if config.get("map_metrics", True) else ""
   shown = data.example_indices(arrays["label"], keep_examples)   # both classes in figures
