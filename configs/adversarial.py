@@ -1,7 +1,8 @@
 """Adversarial training (the oncology and skin-cancer studies' remedies) of a plain classifier.
 
-The variant names the method, optionally the data set (``busi``, the default, or
-``brain_mri``) and ``,cpu`` for ResNet-18 at 128 px:
+The variant names the method, optionally the data set (``busi``, the default,
+``brain_mri`` or ``ham10000``) and ``,cpu`` for the data set's CPU scale (ResNet-18 at 128
+px; HAM10000: 64 px on a training subset, configs/ham10000.py):
 
   python train.py --config=configs/adversarial.py:pgd,cpu       --workdir=runs/busi_pgd_cpu
   python train.py --config=configs/adversarial.py:iterative,cpu --workdir=runs/busi_iter_cpu
@@ -17,8 +18,9 @@ The variant names the method, optionally the data set (``busi``, the default, or
   python train.py --config=configs/adversarial.py:transplant,cpu \\
       --config.init_from=runs/busi_baseline_cpu --config.transplant_from=runs/busi_pgd_cpu \\
       --workdir=runs/busi_transplant_cpu
-  # any of them on brain MRI
+  # any of them on brain MRI or HAM10000 (melanoma vs nevus, RGB)
   python train.py --config=configs/adversarial.py:pgd,brain_mri,cpu --workdir=runs/brain_pgd_cpu
+  python train.py --config=configs/adversarial.py:pgd,ham10000,cpu --workdir=runs/ham_pgd_cpu
 
 Each starts from the data set's plain classifier (``busi_baseline.py``, ``brain_mri.py``);
 on BUSI ``--config.model.seg_head=True`` adds the segmentation head (its loss is taken on
@@ -26,9 +28,10 @@ clean images). The best checkpoint is chosen by validation AUC; ``val_pgd_accura
 on a held-out batch) is logged every epoch.
 """
 
-from configs import brain_mri, busi_baseline
+from configs import brain_mri, busi_baseline, ham10000
 
-DATA = {"busi": busi_baseline.get_config, "brain_mri": brain_mri.get_config}
+DATA = {"busi": busi_baseline.get_config, "brain_mri": brain_mri.get_config,
+        "ham10000": ham10000.get_config}
 
 FIRST_STAGES = ("stem", "stage1")
 LATER_STAGES = ("stage2", "stage3", "stage4", "fc", "decoder")

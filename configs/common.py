@@ -15,7 +15,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name="resnet18",           # resnet18|34|50|101, resnet_tiny, resnet_tiny_bottleneck
       num_classes=2,
-      in_channels=1,             # 1 grayscale, 3 RGB (gray images are repeated)
+      in_channels=1,             # 1 grayscale, 3 RGB (gray images are repeated); an RGB
+                                 # data set needs 3
       seg_head=False,            # multi-task: lesion-mask decoder
       cam_layer="last",          # last | penultimate | dilated
       activation="relu",         # relu | softplus (surrogate)
@@ -29,20 +30,25 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.data = ml_collections.ConfigDict(dict(
-      name="synthetic_lesions",  # synthetic_lesions | busi | brain_mri
+      name="synthetic_lesions",  # synthetic_lesions | synthetic_skin | busi | brain_mri | ham10000
       manual_dir="",             # '' -> $MEDROBUST_DATA_ROOT/<name> or ../shared/data/<name>
       data_dir="",               # '' -> $TFDS_DATA_DIR or ~/tensorflow_datasets
-      label_set="binary",        # busi: binary (benign vs malignant) | three_class
+      label_set="binary",        # busi: binary (benign vs malignant) | three_class;
+                                 # ham10000: melanoma (mel vs nv) | malignant | dx
       resize="pad",              # pad (keep aspect) | stretch
       num_threads=2,
       # > 0: group-aware stratified k-fold over all labelled images instead of the stored
       # split; `fold` is the test fold, val_fraction of the other folds' groups select
       # checkpoints (lib/data.py cv_assignment)
       folds=0, fold=0, fold_seed=0, val_fraction=0.1,
+      # > 0: train on a label-stratified subset of this many training images (drawn with
+      # fold_seed, so every model of a fold sees the same ones); val and test stay whole
+      train_subset=0,
       # synthetic_lesions only
       synthetic_size=64, num_train=512, num_val=128, num_test=128, synthetic_seed=0,
       augment=ml_collections.ConfigDict(dict(
-          hflip=True, vflip=False, crop_scale=0.85, brightness=0.1, contrast=0.1)),
+          hflip=True, vflip=False, crop_scale=0.85, brightness=0.1, contrast=0.1,
+          saturation=0.0, hue=0.0)),   # RGB only (lib/data.py colour_jitter)
   ))
 
   c.batch_size = 32              # global, over all devices and hosts

@@ -60,6 +60,23 @@ def check_which(which: str, where: str = "--config.which") -> str:
   return choice(which, CHECKPOINT_CHOICES, where)
 
 
+def check_channels(dataset: str, channels: int, in_channels: int, mean=(), std=()) -> None:
+  """A model must take the data set's channels: an RGB data set needs ``in_channels=3``
+  (a grayscale one may feed a 3-channel model: its channel is repeated). A per-channel
+  ``mean``/``std`` has one value or ``in_channels`` values, and both have the same length."""
+  if channels == 3 and in_channels != 3:
+    raise ValueError(f"Data set {dataset!r} is RGB (3 channels) but model.in_channels="
+                     f"{in_channels}: set --config.model.in_channels=3.")
+  mean, std = tuple(mean or ()), tuple(std or ())
+  if len(mean) != len(std):
+    raise ValueError(f"model.mean {mean} and model.std {std} must have the same length.")
+  if mean and len(mean) not in (1, in_channels):
+    raise ValueError(f"model.mean {mean} has {len(mean)} values but model.in_channels="
+                     f"{in_channels}: give 1 or {in_channels}.")
+  if any(not s > 0 for s in std):
+    raise ValueError(f"model.std {std}: every value must be > 0.")
+
+
 def check_train_config(config) -> None:
   """Every field of a ``train.py`` config that can be checked without data: names against
   their registries and choices, ranges, and the combinations that cannot work. Warns
@@ -79,6 +96,7 @@ def check_train_config(config) -> None:
   choice(mc.activation, ("relu", "softplus"), "model.activation")
   choice(mc.dtype, models.DTYPES, "model.dtype")
   choice(mc.in_channels, (1, 3), "model.in_channels")
+  check_channels(dc.name, spec.channels, mc.in_channels, mc.get("mean", ()), mc.get("std", ()))
   if mc.num_classes != len(names):
     raise ValueError(f"model.num_classes={mc.num_classes} but label set {dc.label_set!r} of "
                      f"{dc.name} has {len(names)} classes {names}.")

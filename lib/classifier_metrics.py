@@ -50,7 +50,10 @@ def sensitivity_at_specificity(scores: np.ndarray, positives: np.ndarray,
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
-  """accuracy, sensitivity, specificity, balanced accuracy and ROC AUC."""
+  """accuracy, sensitivity, specificity, balanced accuracy and ROC AUC; for two classes
+  also the sensitivity at 90 % specificity (``sensitivity_at_spec90``: the usual operating
+  point of melanoma screening, comparable across models whatever their score scale).
+  Sensitivity and specificity are those of class 1 (the positive: malignant, melanoma)."""
   probs, labels = np.asarray(probs), np.asarray(labels)
   num_classes = probs.shape[-1]
   pred = probs.argmax(-1)
@@ -62,6 +65,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
   out["specificity"] = float((pred[~pos] != 1).mean()) if (~pos).any() else float("nan")
   if num_classes == 2:
     out["auc"] = roc_auc(probs[:, 1], pos)
+    out["sensitivity_at_spec90"] = sensitivity_at_specificity(probs[:, 1], pos, 0.9)
   else:
     out["auc"] = float(np.nanmean([roc_auc(probs[:, c], labels == c) for c in range(num_classes)]))
   return out

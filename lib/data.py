@@ -56,6 +56,21 @@ def class_names(data_config) -> tuple:
   return spec.class_names[data_config.label_set]
 
 
+def stored_label_map(data_config, stored: list) -> dict:
+  """{stored label index: class index in the label set}; stored labels outside the label
+  set are absent (their images are left out, e.g. HAM10000's bkl for mel vs nv)."""
+  names = class_names(data_config)
+  sources = DATASETS[data_config.name].label_sources.get(data_config.label_set, {})
+  out = {}
+  for i, name in enumerate(names):
+    for source in sources.get(name, (name,)):
+      if source not in stored:
+        raise DataError(f"Label set {data_config.label_set!r} of {data_config.name} pools "
+                        f"{source!r}, which is not a stored label ({stored}).")
+      out[stored.index(source)] = i
+  return out
+
+
 def default_data_dir() -> str:
   return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
@@ -141,7 +156,8 @@ def _is_prepared(builder) -> bool:
 
 
 def resize_example(image: np.ndarray, mask: np.ndarray, size: int, mode: str = "pad"):
-  """uint8 (H, W, 1) image and mask -> (size, size); bilinear for images, nearest for masks.
+  """uint8 (H, W, C) image and (H, W, 1) mask -> (size, size, C) and (size, size); bilinear
+  for images, nearest for masks.
 
   ``mode="pad"`` keeps the aspect ratio and pads with black (centred); ``"stretch"``
   resizes to a square.
@@ -154,16 +170,22 @@ def resize_example(image: np.ndarray, mask: np.ndarray, size: int, mode: str = "
     mask = np.pad(mask, ((top, side - h - top), (left, side - w - left), (0, 0)))
   elif mode != "stretch":
     raise ValueError(f"resize mode must be 'pad' or 'stretch', got {mode!r}")
-  im = Image.fromarray(image[..., 0]).resize((size, size), Image.BILINEAR)
+  im = np.asarray(_pil(image).resize((size, size), Image.BILINEAR), np.uint8)
   ma = Image.fromarray(mask[..., 0]).resize((size, size), Image.NEAREST)
-  return np.asarray(im, np.uint8), (np.asarray(ma) > 0).astype(np.uint8)
+  return im.reshape(size, size, image.shape[-1]), (np.asarray(ma) > 0).astype(np.uint8)
+
+
+def _pil(image: np.ndarray) -> Image.Image:
+  """uint8 (H, W, 1) or (H, W, 3) -> a PIL image ("L" or "RGB")."""
+  return Image.fromarray(np.ascontiguousarray(image[..., 0] if image.shape[-1] == 1 else image))
 
 
 def load_split(data_config, split: str, image_size: int) -> dict:
   """Decodes and resizes one split into memory.
 
-  Returns numpy arrays ``image`` uint8 (N, S, S), ``mask`` uint8 (N, S, S), ``label``
-  int32 (N,) in the label set's order, and lists ``id`` and ``group``.
+  Returns numpy arrays ``image`` uint8 (N, S, S, C) (C: the data set's ``channels``),
+  ``mask`` uint8 (N, S, S), ``label`` int32 (N,) in the label set's order, and lists ``id``
+  and ``group``.
 
   With ``data_config.folds = k > 0`` the stored split is ignored: all labelled images
   are pooled and ``split`` is ``train``/``val``/``test`` of fold ``data_config.fold``
@@ -180,9 +202,7 @@ def load_split(data_config, split: str, image_size: int) -> dict:
 
 def _read_split(builder, data_config, split: str, image_size: int) -> dict:
   source = builder.as_data_source(split)
-  stored = builder.info.features["label"].names
-  names = class_names(data_config)
-  remap = {stored.index(n): i for i, n in enumerate(names)}
+  remap = stored_label_map(data_config, builder.info.features["label"].names)
   mode = data_config.get("resize", "pad")
 
   def read(i):
@@ -197,7 +217,8 @@ def _read_split(builder, data_config, split: str, image_size: int) -> dict:
     rows = [r for r in pool.map(read, range(len(source))) if r is not None]
   rows.sort(key=lambda r: r[3])  # stored order is a hash; sort by id for stable evaluation
   if not rows:
-    raise DataError(f"{data_config.name}/{split} has no images of classes {names}.")
+    raise DataError(f"{data_config.name}/{split} has no images of classes "
+                    f"{class_names(data_config)}.")
   image, mask, label, ids, groups = zip(*rows)
   return dict(image=np.stack(image), mask=np.stack(mask),
               label=np.asarray(label, np.int32), id=list(ids), group=list(groups))
@@ -294,6 +315,15 @@ def _cv_split(builder, data_config, split: str, image_size: int) -> dict:
   return take(pooled, idx)
 
 
+def channel_stats(images_u8: np.ndarray) -> tuple[tuple, tuple]:
+  """Per-channel mean and standard deviation of uint8 images (N, H, W, C) in [0, 1]
+  units, rounded to 4 digits: the given values of ``model.mean`` / ``model.std`` that a
+  config states (e.g. configs/ham10000.py, from its training split)."""
+  x = np.asarray(images_u8, np.float64).reshape(-1, images_u8.shape[-1]) / 255.0
+  return (tuple(round(float(v), 4) for v in x.mean(0)),
+          tuple(round(float(v), 4) for v in x.std(0)))
+
+
 def take(arrays: dict, idx) -> dict:
   """The images ``idx`` of a split's arrays (numpy arrays and lists such as ``id``)."""
   return {k: (v[idx] if isinstance(v, np.ndarray) else [v[i] for i in idx])
@@ -337,18 +367,63 @@ def _text(x) -> str:
 # ----------------------------------------------------------------------------- augmentation
 
 
-def to_model_input(image_u8: np.ndarray, in_channels: int) -> np.ndarray:
-  """uint8 (..., H, W) -> float32 (..., H, W, C) in [0, 1]."""
-  x = image_u8.astype(np.float32)[..., None] / 255.0
-  return np.repeat(x, in_channels, axis=-1) if in_channels > 1 else x
+def to_model_input(image_u8: np.ndarray, in_channels: Optional[int] = None) -> np.ndarray:
+  """uint8 (..., H, W, C) -> float32 (..., H, W, in_channels) in [0, 1].
+
+  A grayscale image (C = 1) is repeated for a 3-channel model (an ImageNet stem);
+  ``in_channels=None`` keeps C. An RGB image for a 1-channel model is refused (the config
+  check, :func:`lib.checks.check_channels`, stops such a config before anything runs)."""
+  x = image_u8.astype(np.float32) / 255.0
+  c = x.shape[-1]
+  if in_channels is None or in_channels == c:
+    return x
+  if c == 1:
+    return np.repeat(x, in_channels, axis=-1)
+  raise ValueError(f"Images have {c} channels but the model takes {in_channels}.")
+
+
+# ITU-R 601-2 luma, the weights of PIL's "L" conversion (what grayscale data sets stored).
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _rotate_hue(x: np.ndarray, angle: float) -> np.ndarray:
+  """Rotates the hue of float RGB (..., 3) by ``angle`` radians: a rotation about the grey
+  axis in YIQ space, which keeps luma (a linear stand-in for HSV's hue shift)."""
+  to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                    np.float32)
+  c, s = np.cos(angle), np.sin(angle)
+  rot = np.array([[1, 0, 0], [0, c, -s], [0, s, c]], np.float32)
+  m = np.linalg.inv(to_yiq) @ rot @ to_yiq
+  return x @ m.T.astype(np.float32)
+
+
+def colour_jitter(x: np.ndarray, rng: np.random.Generator, aug) -> np.ndarray:
+  """Brightness, contrast (both channels alike), and for RGB saturation and hue jitter of
+  one float image (S, S, C) in [0, 1], each drawn uniformly in +-its ``aug`` amount (hue
+  in turns, as torchvision's ColorJitter); clipped to [0, 1]. Dermoscopes and cameras
+  differ in white balance and saturation, so colour jitter is on in the HAM10000 configs;
+  grayscale images get only brightness and contrast."""
+  if aug.get("brightness", 0) or aug.get("contrast", 0):
+    c = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
+    b = rng.uniform(-aug.brightness, aug.brightness)
+    x = np.clip((x - x.mean()) * c + x.mean() + b, 0.0, 1.0)
+  if x.shape[-1] == 3:
+    if aug.get("saturation", 0):
+      gray = (x @ LUMA)[..., None]
+      x = np.clip(gray + (x - gray) * (1.0 + rng.uniform(-aug.saturation, aug.saturation)), 0, 1)
+    if aug.get("hue", 0):
+      x = np.clip(_rotate_hue(x, 2 * np.pi * rng.uniform(-aug.hue, aug.hue)), 0.0, 1.0)
+  return x.astype(np.float32)
 
 
 def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, aug) -> tuple:
-  """Host-side augmentation of one uint8 (S, S) image and mask.
+  """Host-side augmentation of one uint8 (S, S, C) image and its (S, S) mask -> float32
+  (S, S, C) in [0, 1] and the mask.
 
   Horizontal flip, random crop of a fraction ``aug.crop_scale``..1 of the side resized
-  back (a small zoom and translation), brightness and contrast jitter. Vertical flips are
-  off by default: in ultrasound the vertical axis is depth and shadowing points down.
+  back (a small zoom and translation), then :func:`colour_jitter`. Vertical flips are off
+  by default: in ultrasound the vertical axis is depth and shadowing points down (for
+  dermoscopy, which has no up, the HAM10000 configs turn them on).
   """
   size = image.shape[0]
   if aug.hflip and rng.uniform() < 0.5:
@@ -359,15 +434,11 @@ def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, aug) 
     side = int(round(size * rng.uniform(aug.crop_scale, 1.0)))
     top, left = rng.integers(0, size - side + 1, size=2)
     box = (int(left), int(top), int(left) + side, int(top) + side)
-    image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
-        (size, size), Image.BILINEAR, box=box))
+    image = np.asarray(_pil(image).resize((size, size), Image.BILINEAR, box=box)).reshape(
+        size, size, image.shape[-1])
     mask = np.asarray(Image.fromarray(np.ascontiguousarray(mask)).resize(
         (size, size), Image.NEAREST, box=box))
-  x = image.astype(np.float32) / 255.0
-  if aug.brightness or aug.contrast:
-    c = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
-    b = rng.uniform(-aug.brightness, aug.brightness)
-    x = np.clip((x - x.mean()) * c + x.mean() + b, 0.0, 1.0)
+  x = colour_jitter(image.astype(np.float32) / 255.0, rng, aug)
   return x, np.ascontiguousarray(mask)
 
 
@@ -402,8 +473,8 @@ def train_iterator(arrays: dict, config, *, process_index: int = 0, process_coun
 
   def collate(examples):
     x, m, y = zip(*examples)
-    x = np.stack(x)[..., None]
-    return {"image": np.repeat(x, in_channels, -1) if in_channels > 1 else x,
+    x = np.stack(x)
+    return {"image": np.repeat(x, in_channels, -1) if x.shape[-1] < in_channels else x,
             "mask": np.stack(m).astype(np.float32), "label": np.asarray(y, np.int32),
             "has_mask": np.full((len(y),), has_mask, np.float32)}
 

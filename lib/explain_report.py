@@ -21,7 +21,8 @@ import numpy as np
 from lib import checks, data, experiment, files, metrics, models, parallel, report, saliency
 
 SUMMARY_COLUMNS = ("model", "method", "images_per_s", "lesion_energy", "pointing_game",
-                   "top10_iou", "total_variation", "gini", "entropy", "deletion_auc",
+                   "top10_iou", "total_variation", "gini", "entropy", "colour_rho",
+                   "luminance_rho", "deletion_auc",
                    "insertion_auc", "n")
 
 
@@ -65,14 +66,21 @@ def compile_method(model, method: str, config, mesh):
   return parallel.jit_batched(maps_fn, mesh, 2), parallel.jit_batched(faithfulness_fn, mesh, 1)
 
 
-def map_quality(maps, masks, has_masks: bool, top_fraction: float) -> dict:
-  """Per-image quality metrics of a batch of maps."""
+def map_quality(maps, masks, has_masks: bool, top_fraction: float, images=None) -> dict:
+  """Per-image quality metrics of a batch of maps. With masks and RGB ``images`` (uint8
+  (N, H, W, 3)), also whether the map follows the colour variation inside the lesion
+  (``colour_rho``: :func:`lib.metrics.colour_variation_correlation`) and, as its control,
+  brightness edges (``luminance_rho``)."""
   out = {"total_variation": metrics.total_variation(maps), "gini": metrics.gini(maps),
          "entropy": metrics.entropy(maps)}
   if has_masks:
     out.update(lesion_energy=metrics.lesion_energy(maps, masks),
                pointing_game=metrics.pointing_game(maps, masks).astype(np.float64),
                top10_iou=metrics.top_fraction_iou(maps, masks, top_fraction))
+    if images is not None and images.shape[-1] == 3:
+      rgb = np.asarray(images, np.float32) / 255.0
+      out.update(colour_rho=metrics.colour_variation_correlation(maps, rgb, masks),
+                 luminance_rho=metrics.luminance_variation_correlation(maps, rgb, masks))
   return out
 
 
@@ -120,7 +128,7 @@ def explain_checkpoint(workdir_ckpt: str, config, restored=None) -> CheckpointEx
       chunks.append(maps)
       targets.append(target)
     maps = np.concatenate(chunks)[:n]
-    q = map_quality(maps, arrays["mask"], has_masks, config.top_fraction)
+    q = map_quality(maps, arrays["mask"], has_masks, config.top_fraction, arrays["image"])
     if config.faithfulness:
       q.update(parallel.map_batches(
           faithfulness_fn, {"image": arrays["image"], "maps": maps,
@@ -141,7 +149,7 @@ def summary_rows(model_name, per_method, timing, arrays, has_masks) -> list[dict
   for method, q in per_method.items():
     row = {"model": model_name, "method": method, "images_per_s": timing[method],
            "n": int(len(arrays["label"]))}
-    row.update({k: float(np.mean(v)) for k, v in q.items()})
+    row.update({k: float(np.nanmean(v)) for k, v in q.items()})   # NaN: undefined here
     rows.append(row)
   if has_masks:
     base = metrics.trivial_baselines(arrays["mask"])
@@ -155,7 +163,7 @@ def summary_rows(model_name, per_method, timing, arrays, has_masks) -> list[dict
 
 
 def compare_models(results: dict, metrics_to_compare=("lesion_energy", "total_variation", "gini",
-                                                     "entropy")) -> list[dict]:
+                                                     "entropy", "colour_rho")) -> list[dict]:
   """Per method and metric: each model's mean with a bootstrap 95 % CI, and the paired
   difference to the first model (same images resampled together)."""
   names = list(results)

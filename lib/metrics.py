@@ -233,6 +233,90 @@ def pointing_game(m, mask) -> np.ndarray:
   return _flat(mask)[np.arange(len(idx)), idx] > 0
 
 
+# ----------------------------------------------------------------------------- colour
+
+
+# sRGB (D65) -> CIE XYZ, IEC 61966-2-1; the D65 white point for L*a*b*.
+_SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
+                         [0.2126729, 0.7151522, 0.0721750],
+                         [0.0193339, 0.1191920, 0.9503041]])
+_D65 = _SRGB_TO_XYZ.sum(axis=1)   # sRGB white (1, 1, 1): 0.95047, 1.0, 1.08883
+
+
+def rgb_to_lab(images) -> np.ndarray:
+  """sRGB images in [0, 1] (..., 3) -> CIE L*a*b* (..., 3) under D65 (L* in [0, 100]; a*,
+  b* about -128..127): the sRGB transfer curve undone, XYZ by IEC 61966-2-1, then CIE 1976
+  L*a*b*. Euclidean distances in a*b* approximate perceived differences of hue and
+  saturation independent of brightness."""
+  rgb = np.asarray(images, np.float64)
+  lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+  xyz = lin @ _SRGB_TO_XYZ.T / _D65
+  delta = 6.0 / 29.0
+  f = np.where(xyz > delta ** 3, np.cbrt(xyz), xyz / (3 * delta ** 2) + 4.0 / 29.0)
+  return np.stack([116.0 * f[..., 1] - 16.0, 500.0 * (f[..., 0] - f[..., 1]),
+                   200.0 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def colour_gradient(images) -> np.ndarray:
+  """Local colour variation of RGB images (N, H, W, 3) in [0, 1]: the magnitude of the
+  spatial gradient of the chromatic channels a*, b* of CIELAB,
+  ``sqrt(|grad a*|^2 + |grad b*|^2)`` per pixel (N, H, W), with central differences inside
+  the image and one-sided ones at its border (``np.gradient``). Brightness changes alone
+  (L*) do not count: that is :func:`luminance_gradient`."""
+  lab = rgb_to_lab(images)
+  out = 0.0
+  for c in (1, 2):
+    gy, gx = np.gradient(lab[..., c], axis=(1, 2))
+    out = out + gy ** 2 + gx ** 2
+  out = np.sqrt(out)
+  return np.where(out < 1e-6, 0.0, out)   # float rounding of greys (a JND is about 1 unit)
+
+
+def luminance_gradient(images) -> np.ndarray:
+  """Magnitude of the spatial gradient of L* (N, H, W): the brightness edges, the control
+  for :func:`colour_gradient`."""
+  gy, gx = np.gradient(rgb_to_lab(images)[..., 0], axis=(1, 2))
+  return np.sqrt(gy ** 2 + gx ** 2)
+
+
+def masked_spearman(a, b, mask, min_pixels: int = 16) -> np.ndarray:
+  """Per image, the Spearman rank correlation of ``a`` and ``b`` (N, H, W) over the pixels
+  where ``mask`` is set (ties get average ranks); NaN for an image with fewer than
+  ``min_pixels`` such pixels or with a constant ``a`` or ``b`` there."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  mask = np.asarray(mask) > 0
+  out = np.full(len(a), np.nan)
+  for i in range(len(a)):
+    sel = mask[i]
+    if sel.sum() < min_pixels:
+      continue
+    x, y = stats.rankdata(a[i][sel]), stats.rankdata(b[i][sel])
+    x, y = x - x.mean(), y - y.mean()
+    den = np.sqrt((x ** 2).sum() * (y ** 2).sum())
+    if den > 0:
+      out[i] = (x * y).sum() / den
+  return out
+
+
+def colour_variation_correlation(maps, images, masks, min_pixels: int = 16) -> np.ndarray:
+  """Does a saliency map follow the colour variation inside the lesion? Per image, the
+  Spearman correlation, over the pixels inside the lesion mask, between |map| and the
+  local colour gradient (:func:`colour_gradient`, CIELAB a*b*). The skin-cancer saliency
+  study's third observation (maps of robust models highlight colour variation within the
+  lesion) made measurable: near 0 for a map unrelated to colour (a random map's expected
+  value), 1 for a map ranked exactly like the colour edges. NaN where the lesion has
+  fewer than ``min_pixels`` pixels or either is constant there. Images (N, H, W, 3) in
+  [0, 1]; maps and masks (N, H, W)."""
+  return masked_spearman(np.abs(np.asarray(maps)), colour_gradient(images), masks, min_pixels)
+
+
+def luminance_variation_correlation(maps, images, masks, min_pixels: int = 16) -> np.ndarray:
+  """:func:`colour_variation_correlation` with the L* (brightness) gradient: whether a map
+  follows edges of any kind, the control that tells colour from mere contrast."""
+  return masked_spearman(np.abs(np.asarray(maps)), luminance_gradient(images), masks, min_pixels)
+
+
 def top_fraction_iou(m, mask, fraction: float = 0.1) -> np.ndarray:
   """IoU between the top ``fraction`` most salient pixels and the mask."""
   f = _flat(m)

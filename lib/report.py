@@ -115,7 +115,7 @@ def plot_predictions(images, masks, labels, probs, mask_probs, class_names, path
   n = min(n, len(images))
   fig, axes = plt.subplots(1, n, figsize=(2.1 * n, 2.5))
   for i, ax in enumerate(np.atleast_1d(axes)):
-    ax.imshow(images[i][..., 0], cmap="gray", vmin=0, vmax=1)
+    show_image(ax, images[i])
     if masks is not None and masks[i].any():
       ax.contour(masks[i], [0.5], colors="lime", linewidths=0.8)
     if mask_probs is not None:
@@ -167,17 +167,20 @@ def plot_adversarial_examples(arrays, examples: dict, class_names, path: str,
   for i in range(n):
     j = ex["index"][i] if "index" in ex else i      # the image's position in ``arrays``
     clean = arrays["image"][j].astype(np.float32) / 255.0
-    adv = ex["x_adv"][i][..., 0]
+    adv = ex["x_adv"][i]
     delta = adv - clean
     scale = max(np.abs(delta).max(), 1e-8)
     p_clean, p_adv = ex["clean_probs"][i], ex["adv_probs"][i]
     label = class_names[arrays["label"][j]]
-    axes[i, 0].imshow(clean, cmap="gray", vmin=0, vmax=1)
+    show_image(axes[i, 0], clean)
     axes[i, 0].set_title(f"clean ({label})\n{class_names[p_clean.argmax()]} {p_clean.max():.2f}", fontsize=7)
-    axes[i, 1].imshow(delta / scale, cmap="seismic", vmin=-1, vmax=1)
+    if delta.shape[-1] == 3:   # RGB: mid-grey is zero, each channel amplified alike
+      axes[i, 1].imshow(np.clip(0.5 + 0.5 * delta / scale, 0, 1))
+    else:
+      axes[i, 1].imshow(delta[..., 0] / scale, cmap="seismic", vmin=-1, vmax=1)
     axes[i, 1].set_title(f"perturbation x{1 / scale:.0f}\nmax {scale:.4f}" if scale > 1e-8 else
                          "no perturbation\n(not attacked or none found)", fontsize=7)
-    axes[i, 2].imshow(adv, cmap="gray", vmin=0, vmax=1)
+    show_image(axes[i, 2], adv)
     axes[i, 2].set_title(f"adversarial eps={eps:g}\n{class_names[p_adv.argmax()]} {p_adv.max():.2f}",
                          fontsize=7, color="red" if p_adv.argmax() != p_clean.argmax() else "black")
     for a in axes[i]:
@@ -203,7 +206,7 @@ def plot_map_attack(arrays, examples: dict, class_names, path: str, eps: float,
     _overlay(axes[i, 0], clean, arrays["mask"][j], ex["clean_map"][i])
     axes[i, 0].set_title(f"clean ({class_names[arrays['label'][j]]})\n"
                          f"pred {class_names[p_clean.argmax()]} {p_clean.max():.2f}", fontsize=7)
-    _overlay(axes[i, 1], ex["x_adv"][i][..., 0], arrays["mask"][j], ex["adv_map"][i])
+    _overlay(axes[i, 1], ex["x_adv"][i], arrays["mask"][j], ex["adv_map"][i])
     flipped = p_adv.argmax() != p_clean.argmax()
     axes[i, 1].set_title(f"attacked, eps={eps:g}, Spearman {ex['spearman'][i]:.2f}\n"
                          f"pred {class_names[p_adv.argmax()]} {p_adv.max():.2f}",
@@ -215,9 +218,19 @@ def plot_map_attack(arrays, examples: dict, class_names, path: str, eps: float,
   save_figure(fig, path, dpi=110)
 
 
+def show_image(ax, image) -> None:
+  """Shows a float image in [0, 1]: (H, W) or (H, W, 1) in grey, (H, W, 3) in colour."""
+  image = np.asarray(image)
+  if image.ndim == 3 and image.shape[-1] == 3:
+    ax.imshow(np.clip(image, 0, 1))
+  else:
+    ax.imshow(image.reshape(image.shape[:2]), cmap="gray", vmin=0, vmax=1)
+
+
 def _overlay(ax, image, mask, saliency_map=None) -> None:
-  """Image in grey, the map in 'jet' (clipped at its 99.5th percentile), lesion contour."""
-  ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+  """The image (grey or colour), the map in 'jet' (clipped at its 99.5th percentile), the
+  lesion contour."""
+  show_image(ax, image)
   if saliency_map is not None:
     hi = max(np.percentile(saliency_map, 99.5), 1e-12)
     ax.imshow(np.clip(saliency_map / hi, 0, 1), cmap="jet", alpha=0.45, vmin=0, vmax=1)

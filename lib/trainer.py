@@ -177,6 +177,8 @@ def _train(config, workdir: str, stop_after_step: Optional[int]) -> dict:
 
   t0 = time.time()
   train = data.load_split(config.data, "train", config.image_size)
+  if config.data.get("train_subset", 0):
+    train = data.subset(train, config.data.train_subset, seed=config.data.get("fold_seed", 0))
   val = data.load_split(config.data, "val", config.image_size)
   logging.info("Data %s: %d train, %d val images at %d px (%.1f s).", config.data.name,
                len(train["label"]), len(val["label"]), config.image_size, time.time() - t0)
@@ -296,7 +298,7 @@ def final_test(config, workdir, ckpt, eval_fn, par, state, class_names) -> dict:
   report.plot_training_curves(log, os.path.join(workdir, "training_curves.png"))
   order = np.argsort([f"{l}{i}" for i, l in zip(test["id"], test["label"])])
   pick = np.concatenate([order[test["label"][order] == c][:4] for c in range(len(class_names))])
-  images = data.to_model_input(test["image"][pick], 1)
+  images = data.to_model_input(test["image"][pick])
   report.plot_predictions(images, test["mask"][pick] if config.model.seg_head else None,
                           test["label"][pick], probs[pick],
                           None if mask_probs is None else mask_probs[pick], class_names,

@@ -6,7 +6,8 @@ from PIL import Image
 
 from configs import default
 from lib import data
-from lib.datasets import busi, manual, synthetic_lesions
+from lib import checks
+from lib.datasets import busi, ham10000, manual, synthetic_lesions, synthetic_skin
 from tests.conftest import shared_data
 
 
@@ -40,7 +41,7 @@ def test_synthetic_classes_follow_the_sonographic_cues():
 def test_load_split_shapes_and_labels():
   c = _config()
   arrays = data.load_split(c.data, "train", 32)
-  assert arrays["image"].shape == (64, 32, 32) and arrays["image"].dtype == np.uint8
+  assert arrays["image"].shape == (64, 32, 32, 1) and arrays["image"].dtype == np.uint8
   assert arrays["mask"].shape == (64, 32, 32) and set(np.unique(arrays["mask"])) <= {0, 1}
   assert set(arrays["label"]) == {0, 1}
   assert arrays["id"] == sorted(arrays["id"])
@@ -51,7 +52,7 @@ def test_resize_pad_keeps_aspect_ratio():
   image[:, 20:60] = 255            # a 40x40 white square in the middle of a wide image
   mask = (image > 0).astype(np.uint8) * 255
   im, m = data.resize_example(image, mask, 40, "pad")
-  assert im.shape == (40, 40)
+  assert im.shape == (40, 40, 1) and m.shape == (40, 40)
   # The square fills the middle 20 columns of the 10..30 row band.
   assert m[10:30, 10:30].all() and not m[:9].any() and not m[:, :9].any()
   im, m = data.resize_example(image, mask, 40, "stretch")
@@ -322,3 +323,161 @@ def test_real_busi_cv_keeps_near_duplicate_groups_together(busi_config):
     for b in parts:
       assert a == b or not set(parts[a]["group"]) & set(parts[b]["group"])
   assert abs(parts["test"]["label"].mean() - 174 / 538) < 0.03
+
+
+# ----------------------------------------------------------------------------- RGB (issue 24)
+
+
+def _skin_config(**data_fields):
+  c = _config(name="synthetic_skin", **data_fields)
+  c.model.in_channels = 3
+  c.data.augment.update(saturation=0.2, hue=0.05)
+  return c
+
+
+def test_rgb_data_set_end_to_end_through_the_input_pipeline():
+  c = _skin_config()
+  arrays = data.load_split(c.data, "train", 32)
+  assert arrays["image"].shape == (64, 32, 32, 3) and arrays["image"].dtype == np.uint8
+  # Colour survives: the lesion differs from the skin in hue, not only in brightness.
+  lab = np.mean([np.abs(m).mean() for m in
+                 (arrays["image"][..., 0].astype(int) - arrays["image"][..., 2])])
+  assert lab > 10
+  b = next(data.train_iterator(arrays, c))
+  assert b["image"].shape == (16, 32, 32, 3) and b["image"].dtype == np.float32
+  assert 0.0 <= b["image"].min() and b["image"].max() <= 1.0
+  assert b["mask"].shape == (16, 32, 32)
+  # The model input: uint8 (..., C) -> float; gray is repeated for a 3-channel stem, RGB
+  # is never squeezed into one channel.
+  gray = np.full((2, 4, 4, 1), 51, np.uint8)
+  assert data.to_model_input(gray, 3).shape == (2, 4, 4, 3)
+  np.testing.assert_allclose(data.to_model_input(gray), 0.2)
+  with pytest.raises(ValueError, match="3 channels but the model takes 1"):
+    data.to_model_input(arrays["image"][:2], 1)
+
+
+def test_rgb_config_must_give_the_model_three_channels():
+  c = _skin_config()
+  c.model.in_channels = 1
+  with pytest.raises(ValueError, match=r"synthetic_skin.*RGB.*in_channels=1.*in_channels=3"):
+    checks.check_train_config(c)
+  c.model.in_channels = 3
+  checks.check_train_config(c)
+  c.model.mean, c.model.std = (0.5, 0.5), (0.2, 0.2)
+  with pytest.raises(ValueError, match="model.mean .* has 2 values"):
+    checks.check_train_config(c)
+  g = _config()                       # a grayscale set may feed a 3-channel (ImageNet) stem
+  g.model.in_channels = 3
+  checks.check_train_config(g)
+
+
+def test_colour_jitter_keeps_luma_under_hue_and_leaves_gray_alone():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0.2, 0.8, (8, 8, 3)).astype(np.float32)
+  np.testing.assert_allclose(data._rotate_hue(x, 0.0), x, atol=1e-6)
+  # A hue rotation about the grey axis keeps luma and maps grey to grey.
+  y = data._rotate_hue(x, 1.0)
+  np.testing.assert_allclose(y @ data.LUMA, x @ data.LUMA, atol=1e-5)
+  grey = np.full((2, 2, 3), 0.4, np.float32)
+  np.testing.assert_allclose(data._rotate_hue(grey, 2.0), grey, atol=1e-6)
+  aug = _skin_config().data.augment
+  aug.update(brightness=0.0, contrast=0.0, saturation=0.5, hue=0.1)
+  assert not np.allclose(data.colour_jitter(x, np.random.default_rng(1), aug), x)
+  g = x[..., :1]                      # one channel: saturation and hue do not apply
+  np.testing.assert_array_equal(data.colour_jitter(g, np.random.default_rng(1), aug), g)
+
+
+def test_synthetic_skin_melanomas_have_more_colours():
+  from lib import metrics
+  spread = {0: [], 1: []}                  # chroma (CIELAB a*, b*) spread inside the lesion
+  for i in range(120):
+    image, mask, label = synthetic_skin.generate(0, "train", i, 64)
+    assert image.shape == (64, 64, 3) and mask.any()
+    spread[label].append(metrics.rgb_to_lab(image / 255.0)[mask][:, 1:].std(0).mean())
+  assert np.mean(spread[1]) > 1.3 * np.mean(spread[0])      # 5.8 vs 3.9 on seed 0
+
+
+def _write_jpeg(path, array):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(array).save(path, quality=95)
+
+
+@pytest.fixture
+def ham_folder(tmp_path):
+  """A miniature prepared HAM10000 copy: manifest, RGB JPEGs, PNG masks."""
+  root = tmp_path / "ham"
+  rng = np.random.default_rng(0)
+  labels = ["nv"] * 10 + ["mel"] * 6 + ["bkl", "bcc", "akiec", "vasc", "df", "bkl"]
+  lines = ["id,label,melanoma,malignant,image,mask,split,group,lesion_id"]
+  for i, label in enumerate(labels):
+    ident = f"ISIC_{i:07d}"
+    _write_jpeg(str(root / "images" / f"{ident}.jpg"), rng.integers(0, 255, (15, 20, 3), np.uint8))
+    m = np.zeros((15, 20), np.uint8)
+    m[4:10, 5:14] = 255
+    _write_png(str(root / "masks" / f"{ident}.png"), m)
+    split = ("train", "val", "test")[i % 3]
+    group = f"ISIC_{i - i % 2:07d}" if i < 4 else ident     # two groups of two images
+    if i < 4:
+      split = "train"
+    lines.append(f"{ident},{label},{int(label == 'mel')},{int(label in ('mel', 'bcc', 'akiec'))},"
+                 f"images/{ident}.jpg,masks/{ident}.png,{split},{group},HAM_{i}")
+  (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+  return root
+
+
+def test_ham10000_builder_label_sets_groups_and_colour(ham_folder, tmp_path):
+  c = _config(name="ham10000", manual_dir=str(ham_folder), data_dir=str(tmp_path / "tfds"),
+              label_set="melanoma")
+  train = data.load_split(c.data, "train", 20)
+  assert train["image"].shape[1:] == (20, 20, 3)
+  assert len(train["label"]) == 8 and int(train["label"].sum()) == 2   # only mel and nv
+  assert train["group"][0] == train["group"][1] == "ISIC_0000000"
+  # JPEG bytes are stored unchanged: the decoded colours are the file's.
+  original = np.asarray(Image.open(ham_folder / "images" / "ISIC_0000000.jpg"))
+  stored = data.get_builder(c.data).as_data_source("train")
+  ex = next(stored[i] for i in range(len(stored)) if stored[i]["id"] in (b"ISIC_0000000", "ISIC_0000000"))
+  np.testing.assert_array_equal(ex["image"], original)
+  every = {}
+  for label_set, names in (("melanoma", ("nv", "mel")), ("malignant", ("benign", "malignant")),
+                           ("dx", ("nv", "mel", "bkl", "bcc", "akiec", "vasc", "df"))):
+    c.data.label_set = label_set
+    assert data.class_names(c.data) == names
+    every[label_set] = sum((data.load_split(c.data, s, 20)["label"].tolist()
+                            for s in ("train", "val", "test")), [])
+  assert len(every["melanoma"]) == 16 and sum(every["melanoma"]) == 6
+  assert len(every["malignant"]) == 22 and sum(every["malignant"]) == 6 + 2   # mel, bcc, akiec
+  assert len(every["dx"]) == 22 and sorted(set(every["dx"])) == list(range(7))
+
+
+def test_ham10000_missing_folder_and_corrupt_image(ham_folder, tmp_path):
+  c = _config(name="ham10000", manual_dir=str(tmp_path / "nowhere"),
+              data_dir=str(tmp_path / "tfds"), label_set="melanoma")
+  with pytest.raises(manual.DataError, match=r"(?s)HAM10000 data folder.*nowhere.*manifest.csv"):
+    data.get_builder(c.data)
+  (ham_folder / "images" / "ISIC_0000005.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+  c.data.manual_dir = str(ham_folder)
+  with pytest.raises(manual.DataError, match=r"ISIC_0000005\.jpg"):
+    data.get_builder(c.data)
+
+
+@pytest.fixture(scope="module")
+def ham_config(tmp_path_factory):
+  return _config(name="ham10000", manual_dir=shared_data("ham10000"), label_set="melanoma",
+                 data_dir=str(tmp_path_factory.mktemp("tfds_ham")))
+
+
+def test_real_ham10000_split_and_the_configs_channel_statistics(ham_config):
+  from configs import ham10000 as ham_cfg
+  builder = data.get_builder(ham_config.data)
+  counts = {k: v.num_examples for k, v in builder.info.splits.items()}
+  assert counts == {"train": 5956, "val": 852, "test": 1705}
+  train = data.load_split(ham_config.data, "train", 64)
+  assert np.bincount(train["label"]).tolist() == [3989, 662]
+  assert train["image"].shape[1:] == (64, 64, 3)
+  assert (train["mask"].mean(axis=(1, 2)) > 0).all()
+  # configs/ham10000.py states these as its normalisation (given values).
+  mean, std = data.channel_stats(train["image"])
+  np.testing.assert_allclose(mean, ham_cfg.MEAN, atol=2e-4)
+  np.testing.assert_allclose(std, ham_cfg.STD, atol=2e-4)
+  test = data.load_split(ham_config.data, "test", 16)
+  assert not set(train["group"]) & set(test["group"])

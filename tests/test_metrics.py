@@ -62,3 +62,57 @@ def test_correlations_of_constant_maps_are_defined_and_flagged():
   import jax.numpy as jnp
   g = jax.grad(lambda m: metrics.pearson(m, jnp.asarray(ramp)).sum())(jnp.zeros((1, 4, 4)))
   assert np.isfinite(np.asarray(g)).all()                  # the attack objective's gradient
+
+
+# ----------------------------------------------------------------------------- colour (issue 24)
+
+
+def test_cielab_of_reference_colours():
+  lab = metrics.rgb_to_lab(np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
+                                     [0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]))
+  # White, sRGB red and green (the usual reference values, D65), black, mid-grey.
+  np.testing.assert_allclose(lab[0], [100.0, 0.0, 0.0], atol=1e-3)
+  np.testing.assert_allclose(lab[1], [53.24, 80.09, 67.20], atol=0.01)
+  np.testing.assert_allclose(lab[2], [87.73, -86.18, 83.18], atol=0.01)
+  np.testing.assert_allclose(lab[3], [0.0, 0.0, 0.0], atol=1e-9)
+  np.testing.assert_allclose(lab[4], [53.39, 0.0, 0.0], atol=0.01)
+
+
+def test_colour_variation_correlation_worked_by_hand():
+  # 4x4 image: columns 0-1 mid-grey (a* = b* = 0), columns 2-3 sRGB red (a* 80.09,
+  # b* 67.20). np.gradient along x per row: one-sided at the borders (0, 0) and central
+  # inside ((red - grey) / 2 at columns 1 and 2), so the colour gradient is
+  # [0, g, g, 0] with g = |(80.09, 67.20)| / 2 = 52.27; nothing changes along y.
+  image = np.zeros((1, 4, 4, 3))
+  image[..., :2, :] = 0.5
+  image[..., 2:, 0] = 1.0
+  g = metrics.colour_gradient(image)[0]
+  np.testing.assert_allclose(g, np.tile([0.0, 52.27, 52.27, 0.0], (4, 1)), atol=0.01)
+  mask = np.ones((1, 4, 4))
+  edge_map = np.tile([0.1, 0.9, 0.8, 0.0], (4, 1))[None]          # ranks like the edge
+  assert metrics.colour_variation_correlation(edge_map, image, mask, min_pixels=4)[0] > 0.8
+  # Spearman inside the mask by hand: map ranks per row (2, 4, 3, 1) against gradient
+  # ranks (1.5, 3.5, 3.5, 1.5), each repeated over 4 rows: rho = 0.894 (= 2 / sqrt(5)).
+  rho = metrics.colour_variation_correlation(edge_map, image, mask, min_pixels=4)[0]
+  np.testing.assert_allclose(rho, 2 / np.sqrt(5), atol=1e-9)
+  # Signs do not matter (|map|), an anti-aligned map is negative.
+  np.testing.assert_allclose(metrics.colour_variation_correlation(-edge_map, image, mask, 4)[0], rho)
+  anti = np.tile([1.0, 0.0, 0.0, 1.0], (4, 1))[None]
+  assert metrics.colour_variation_correlation(anti, image, mask, min_pixels=4)[0] == -1.0
+  # Only pixels inside the mask count; too few of them, or a constant map, give NaN.
+  small = np.zeros((1, 4, 4))
+  small[0, 0, :2] = 1
+  assert np.isnan(metrics.colour_variation_correlation(edge_map, image, small, min_pixels=4)[0])
+  assert np.isnan(metrics.colour_variation_correlation(np.ones((1, 4, 4)), image, mask, 4)[0])
+
+
+def test_a_brightness_edge_is_not_colour_variation():
+  image = np.zeros((1, 4, 4, 3))
+  image[..., :2, :] = 0.2
+  image[..., 2:, :] = 0.8                       # grey to grey: L* changes, a* b* do not
+  np.testing.assert_allclose(metrics.colour_gradient(image), 0.0, atol=1e-6)
+  edge_map = np.tile([0.1, 0.9, 0.8, 0.0], (4, 1))[None]
+  mask = np.ones((1, 4, 4))
+  assert np.isnan(metrics.colour_variation_correlation(edge_map, image, mask, 4)[0])
+  np.testing.assert_allclose(metrics.luminance_variation_correlation(edge_map, image, mask, 4)[0],
+                             2 / np.sqrt(5), atol=1e-9)

@@ -13,7 +13,7 @@ from scipy import stats
 
 from configs.studies import (busi_gradcam, busi_gradcam_map_attacks, common, oncology_autoattack,
                              oncology_robustness, robust_gradcam, robust_saliency,
-                             robust_saliency_last)
+                             robust_saliency_ham10000, robust_saliency_last)
 from lib import report, study
 
 
@@ -192,6 +192,45 @@ def test_every_study_config_builds_every_model_config(variant, tmp_path):
   for bad in (oncology_robustness, robust_saliency):
     with pytest.raises(ValueError, match="Unknown variant"):
       bad.get_config("ct_cpu")
+
+
+@pytest.mark.parametrize("variant", ["cpu", "full"])
+def test_the_ham10000_saliency_study_builds_rgb_runs_with_the_colour_metric(variant, tmp_path):
+  s = robust_saliency_ham10000.get_config(variant)
+  study.check_study_config(s)
+  assert [m.name for m in s.models] == ["standard", "pgd", "pgd_ft", "first_layers"]
+  assert "mean:gradient:colour_rho" in s.metrics
+  assert "gradient:colour_rho" in study.measured_columns(s)
+  assert "baseline:uniform_lesion_energy" in study.measured_columns(s)
+  runs = {m.name: study.train_config_for(s, m, 1, 2, str(tmp_path)) for m in s.models}
+  for c in runs.values():
+    assert (c.data.name, c.data.label_set, c.model.in_channels) == ("ham10000", "melanoma", 3)
+    assert (c.data.folds, c.data.fold, c.data.fold_seed) == (5, 2, 1)
+    if variant == "cpu":
+      assert (c.model.name, c.image_size, c.data.train_subset) == ("resnet18", 64, 1600)
+    else:
+      assert (c.model.name, c.image_size, c.data.train_subset) == ("resnet50", 224, 0)
+  assert runs["pgd"].adv.method == "pgd" and runs["standard"].adv.method == "none"
+  assert runs["pgd_ft"].init_from == os.path.join(str(tmp_path), "pgd", "seed1_fold2")
+  assert runs["first_layers"].trainable == ("stem", "stage1")
+
+
+def test_an_rgb_study_measures_colour_following_and_the_baselines(tmp_path):
+  """One model of the HAM10000 study at its test scale (generated RGB lesions)."""
+  s = robust_saliency_ham10000.get_config("test")
+  s.models = s.models[:1]
+  s.comparisons, s.claims = (), ()
+  s.metrics = ("auc", "mean:gradient:colour_rho", "mean:baseline:uniform_lesion_energy")
+  s.results_dir = str(tmp_path / "results")
+  out = study.run_study(s, str(tmp_path / "runs"))
+  recs = study.read_records(str(tmp_path / "results" / "per_image_standard_seed0.csv"))
+  assert set(recs) - {"id", "group", "fold"} == set(study.measured_columns(s))
+  rho = np.asarray(recs["gradient:colour_rho"], float)
+  assert np.isfinite(rho).mean() > 0.9 and np.all(np.abs(rho[np.isfinite(rho)]) <= 1)
+  area = np.asarray(recs["baseline:uniform_lesion_energy"], float)
+  assert np.all((0 < area) & (area < 1))
+  rows = {r["metric"]: r for r in out["models"]}
+  assert rows["mean:baseline:uniform_lesion_energy"]["mean"] == pytest.approx(area.mean(), rel=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,18 @@ from configs.studies.common import claim, model
 
 SHARPNESS = ("total_variation", "gini", "entropy")
 COHERENCE = ("lesion_energy", "pointing_game")   # need lesion masks
-STANDARD = {"busi": "configs/busi_baseline.py", "brain_mri": "configs/brain_mri.py"}
-TITLE = {"busi": "BUSI", "brain_mri": "brain MRI"}
+STANDARD = {"busi": "configs/busi_baseline.py", "brain_mri": "configs/brain_mri.py",
+            "ham10000": "configs/ham10000.py"}
+TITLE = {"busi": "BUSI", "brain_mri": "brain MRI", "ham10000": "HAM10000"}
 
 
 def parse_variant(variant: str) -> tuple[str, str]:
   """``"cpu"`` -> ``("busi", "cpu")``, ``"brain_mri_cpu"`` -> ``("brain_mri", "cpu")``."""
   dataset, _, scale = variant.rpartition("_")
   dataset = dataset or "busi"
-  if dataset not in STANDARD:
-    raise ValueError(f"Unknown variant {variant!r}: [brain_mri_]<cpu|full|test>.")
+  if dataset not in STANDARD or dataset == "ham10000":   # HAM10000: its own study config
+    raise ValueError(f"Unknown variant {variant!r}: [brain_mri_]<cpu|full|test> (HAM10000: "
+                     "configs/studies/robust_saliency_ham10000.py).")
   return dataset, scale
 
 

@@ -26,17 +26,29 @@ def read_manifest(path: str, required: Sequence[str]) -> list[dict]:
     return list(reader)
 
 
-def load_gray(path: str) -> np.ndarray:
-  """Decodes an image file to uint8 (H, W, 1), naming the file if it is corrupt."""
+def load_image(path: str, channels: int = 1) -> np.ndarray:
+  """Decodes an image file to uint8 (H, W, channels), naming the file if it is corrupt.
+
+  ``channels=1``: grayscale by the ITU-R 601-2 luma transform (colour files such as
+  BUSI's Doppler overlays are converted); ``channels=3``: RGB (a grayscale file is
+  repeated, a palette or RGBA file converted)."""
   from PIL import Image, UnidentifiedImageError
+  if channels not in (1, 3):
+    raise ValueError(f"channels must be 1 or 3, got {channels!r}")
   try:
     with Image.open(path) as im:
       im.load()
-      return np.asarray(im.convert("L"), dtype=np.uint8)[..., None]
+      a = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+      return a[..., None] if channels == 1 else a
   except FileNotFoundError:
     raise DataError(f"Image file not found: {path}") from None
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise DataError(f"Corrupt or unreadable image file {path}: {e}") from None
+
+
+def load_gray(path: str) -> np.ndarray:
+  """Decodes an image file to uint8 (H, W, 1) (:func:`load_image` with one channel)."""
+  return load_image(path, 1)
 
 
 def load_mask(paths: Iterable[str], shape) -> np.ndarray:
@@ -51,15 +63,17 @@ def load_mask(paths: Iterable[str], shape) -> np.ndarray:
 
 
 def to_pil(array: np.ndarray):
-  """uint8 (H, W, 1) -> PIL image: TFDS encodes PIL images without TensorFlow."""
+  """uint8 (H, W, 1) or (H, W, 3) -> PIL image: TFDS encodes PIL images without TensorFlow."""
   from PIL import Image
-  return Image.fromarray(array[..., 0])
+  return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
-def _is_gray_png(path: str) -> bool:
+def _is_stored_as_is(path: str, channels: int, formats=("PNG", "JPEG")) -> bool:
+  """Whether a file's bytes can be stored unchanged: a PNG or JPEG already in the stored
+  mode (8-bit grayscale for one channel, RGB for three)."""
   from PIL import Image
   with Image.open(path) as im:
-    return im.format == "PNG" and im.mode == "L"
+    return im.format in formats and im.mode == ("L" if channels == 1 else "RGB")
 
 
 def hash_split(ids_by_label: dict[str, list[str]], test=0.2, val=0.1) -> dict[str, str]:
@@ -98,12 +112,14 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
 
   Subclasses set ``LABELS``, ``LAYOUT`` and ``list_examples(manual_dir)``, which returns
   rows ``id, label, image (path), masks (list of paths), split, group``. Splits come
-  from the rows; images are stored as 8-bit grayscale at their original size.
+  from the rows; images are stored at their original size as 8-bit grayscale or, with
+  ``CHANNELS = 3``, RGB (register the data set with the same ``channels``).
   """
 
   VERSION = tfds.core.Version("1.0.0")
   LABELS: tuple = ()
   HOMEPAGE = ""
+  CHANNELS = 1
 
   @staticmethod
   def list_examples(manual_dir: str) -> list[dict]:
@@ -114,7 +130,7 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         builder=self,
         description=self.__doc__,
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 1)),
+            "image": tfds.features.Image(shape=(None, None, self.CHANNELS)),
             "mask": tfds.features.Image(shape=(None, None, 1)),
             "label": tfds.features.ClassLabel(names=list(self.LABELS)),
             "id": tfds.features.Text(),
@@ -132,13 +148,14 @@ class ManualImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   def _generate_examples(self, rows):
     def decode(r):
       # Every file is decoded (a corrupt one is named here, not at training time), but
-      # a grayscale PNG is stored as its original bytes: re-encoding was 90 % of the
-      # build time. Colour images and merged masks are re-encoded.
-      image = load_gray(r["image"])
+      # a PNG or JPEG already in the stored mode is stored as its original bytes:
+      # re-encoding was 90 % of the build time. Other images and merged masks are
+      # re-encoded (losslessly, as PNG).
+      image = load_image(r["image"], self.CHANNELS)
       masks = r.get("masks", [])
       mask = load_mask(masks, image.shape)
-      keep_image = _is_gray_png(r["image"])
-      keep_mask = len(masks) == 1 and _is_gray_png(masks[0])  # any nonzero pixel is lesion
+      keep_image = _is_stored_as_is(r["image"], self.CHANNELS)
+      keep_mask = len(masks) == 1 and _is_stored_as_is(masks[0], 1, ("PNG",))  # >0: lesion
       return (r, r["image"] if keep_image else to_pil(image),
               masks[0] if keep_mask else to_pil(mask))
 

@@ -119,20 +119,24 @@ def _builder_kwargs(data_config) -> dict:
 @register_dataset("synthetic_lesions", class_names={"binary": ("benign", "malignant")},
                   has_masks=True, builder_kwargs=_builder_kwargs)
 class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
-  """TFDS builder of :func:`generate`; written as array_record, read without TF."""
+  """Procedural breast-ultrasound-like lesions (:func:`generate`), grayscale, with masks;
+  written as array_record, read without TF."""
 
   VERSION = tfds.core.Version("1.0.0")
   BUILDER_CONFIGS = [make_config()]
+  CHANNELS = 1
+  LABELS = LABELS
+  generate = staticmethod(generate)   # (seed, split, index, size) -> image, mask, label
 
   def _info(self):
     s = self.builder_config.image_size
     return tfds.core.DatasetInfo(
         builder=self,
-        description=__doc__,
+        description=self.__doc__,
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(s, s, 1)),
+            "image": tfds.features.Image(shape=(s, s, self.CHANNELS)),
             "mask": tfds.features.Image(shape=(s, s, 1)),
-            "label": tfds.features.ClassLabel(names=list(LABELS)),
+            "label": tfds.features.ClassLabel(names=list(self.LABELS)),
             "id": tfds.features.Text(),
             "group": tfds.features.Text(),
         }),
@@ -148,7 +152,7 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
     from PIL import Image
     c = self.builder_config
     for i in range(n):
-      image, mask, label = generate(c.seed, split, i, c.image_size)
+      image, mask, label = self.generate(c.seed, split, i, c.image_size)
       key = f"{split}_{i:05d}"
       yield key, {
           "image": Image.fromarray(image), "mask": Image.fromarray(mask.astype(np.uint8) * 255),

@@ -37,6 +37,10 @@ ATTACK_FIELDS = ("adv_correct", "adv_prob")
 MAP_FIELDS = ("kept", "spearman", "pearson", "top_k_intersection", "map_ssim", "com_shift_px",
               "constant_map")
 MASK_FIELDS = ("lesion_energy_clean", "lesion_energy_adv")
+# What a map that knows nothing scores on each image (studies with saliency methods and
+# masks): a uniform map's lesion energy (the lesion's area) and a centre point's pointing
+# game (lib.metrics.trivial_baselines).
+BASELINE_COLUMNS = ("baseline:uniform_lesion_energy", "baseline:centre_pointing_game")
 
 
 # ----------------------------------------------------------------------------- configs
@@ -119,6 +123,14 @@ def _has_masks(study) -> bool:
   return False
 
 
+def _channels(study) -> int:
+  """The most channels of the study's data sets (3: the colour metrics are measured)."""
+  seed = study.seeds[0] if study.seeds else 0
+  specs = [data.DATASETS.get(train_config_for(study, m, seed, 0, "").data.name)
+           for m in study.models]
+  return max([spec.channels for spec in specs if spec is not None] or [1])
+
+
 def _attack_fields(study, has_masks: bool) -> tuple[str, ...]:
   return (ATTACK_FIELDS + (MAP_FIELDS if study.get("map_metrics", True) else ())
           + (MASK_FIELDS if study.get("map_metrics", True) and has_masks else ()))
@@ -138,9 +150,12 @@ def measured_columns(study, has_masks: bool | None = None) -> list[str]:
     for eps in dict(spec).get("eps") or study.eps:
       columns += [f"{label}@{float(eps):g}:{field}" for field in fields]
   blank = np.zeros((1, 4, 4))
-  qualities = explain_report.map_quality(blank, blank, has_masks, 0.1)
+  qualities = explain_report.map_quality(blank, blank, has_masks, 0.1,
+                                         np.zeros((1, 4, 4, _channels(study)), np.uint8))
   for method in study.methods:
     columns += [f"{method}:{q}" for q in qualities]
+  if study.methods and has_masks:
+    columns += list(BASELINE_COLUMNS)
   return columns
 
 

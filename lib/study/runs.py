@@ -17,7 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from lib import data, experiment, explain_report, files, models, parallel, report, sweep, trainer
+from lib import (data, experiment, explain_report, files, metrics, models, parallel, report, sweep,
+                 trainer)
 from lib.study.config import (STAGES, all_runs, check_study_config, eval_dir, measured_columns,
                               run_dir, train_config_for)
 from lib.study.records import (committed_records, out_of_fold, read_records, with_folds,
@@ -106,6 +107,10 @@ def evaluate_run(study, rd: str, *, out_dir: str = "", figures_to: str = "",
     maps = explained.maps
     for method, q in explained.per_method.items():
       rec.update({f"{method}:{k}": np.asarray(v, np.float64) for k, v in q.items()})
+    if has_masks:
+      base = metrics.trivial_baselines(arrays["mask"])
+      rec["baseline:uniform_lesion_energy"] = base["uniform_lesion_energy"].astype(np.float64)
+      rec["baseline:centre_pointing_game"] = base["centre_pointing_game"].astype(np.float64)
   os.makedirs(out_dir or rd, exist_ok=True)
   write_records(rec, os.path.join(out_dir or rd, "per_image.csv"))
   return {"records": rec, "arrays": arrays, "maps": maps, "class_names": class_names}
