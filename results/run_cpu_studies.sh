@@ -47,6 +47,27 @@ run_study() {
     --config.stages="('summarise',)"
 }
 
+# This round's studies (issues 23 and 24), instead of the above (which are complete):
+# AutoAttack on study 2's BUSI runs, the robust-saliency study on HAM10000 and study 3's
+# pre-specified follow-up (seeds 2 and 3), every first repetition before the second:
+#   nohup nice -n 5 bash results/run_cpu_studies.sh round >> runs/cpu_studies.log 2>&1 &
+ROUND=(
+  "oncology_autoattack.py:busi_cpu study_oncology_autoattack_busi_cpu (0,) (0,1)"
+  "robust_saliency_ham10000.py:cpu study_robust_saliency_ham10000_cpu (0,) (0,1)"
+  "robust_saliency_last.py:cpu study_robust_saliency_last_cpu (2,) (2,3)"
+)
+if [[ ${1:-} == round ]]; then
+  # Another study.py on these cores (e.g. one started by hand) finishes first.
+  while pgrep -f "study.py --config" > /dev/null; do sleep 60; done
+  for pass in 0 1; do
+    for entry in "${ROUND[@]}"; do
+      read -r config workdir first both <<< "$entry"
+      run_study "$config" "$workdir" "$([[ $pass == 0 ]] && echo "$first" || echo "$both")"
+    done
+  done
+  exit 0
+fi
+
 for seeds in "(0,)" "(0, 1)"; do
   for entry in "${STUDIES[@]}"; do
     read -r config workdir <<< "$entry"

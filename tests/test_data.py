@@ -7,7 +7,7 @@ from PIL import Image
 from configs import default
 from lib import data
 from lib import checks
-from lib.datasets import busi, ham10000, manual, synthetic_lesions, synthetic_skin
+from lib.datasets import busi, manual, synthetic_lesions, synthetic_skin
 from tests.conftest import shared_data
 
 

@@ -29,15 +29,9 @@ LAYOUT = """\
 def list_examples(manual_dir: str) -> list[dict]:
   if not os.path.isdir(manual_dir):
     raise manual.missing_dir_error("brain MRI", manual_dir, LAYOUT)
-  manifest = os.path.join(manual_dir, "manifest.csv")
-  if os.path.exists(manifest):
-    rows = manual.read_manifest(manifest, ("id", "label", "image", "split"))
-    for r in rows:
-      if r["label"] not in LABELS:
-        raise manual.DataError(f"{manifest}: row {r['id']} has unknown label {r['label']!r}.")
-    return [dict(id=r["id"], label=r["label"], split=r["split"],
-                 group=r.get("group") or r["id"], image=os.path.join(manual_dir, r["image"]))
-            for r in rows]
+  prepared = manual.manifest_examples(manual_dir, LABELS, masks=False)
+  if prepared is not None:
+    return prepared
   if not all(os.path.isdir(os.path.join(manual_dir, d)) for d in ("yes", "no")):
     raise manual.DataError(
         f"{manual_dir!r} holds neither manifest.csv nor yes/ and no/ folders. "

@@ -49,18 +49,9 @@ def list_examples(manual_dir: str) -> list[dict]:
   """Rows ``id, label, image, masks (list), split, group`` of either layout."""
   if not os.path.isdir(manual_dir):
     raise manual.missing_dir_error("BUSI", manual_dir, LAYOUT)
-  manifest = os.path.join(manual_dir, "manifest.csv")
-  if os.path.exists(manifest):
-    rows = manual.read_manifest(manifest, ("id", "label", "image", "mask", "split"))
-    out = []
-    for r in rows:
-      if r["label"] not in LABELS:
-        raise manual.DataError(f"{manifest}: row {r['id']} has unknown label {r['label']!r}.")
-      out.append(dict(id=r["id"], label=r["label"], split=r["split"],
-                      group=r.get("group") or r["id"],
-                      image=os.path.join(manual_dir, r["image"]),
-                      masks=[os.path.join(manual_dir, r["mask"])] if r.get("mask") else []))
-    return out
+  prepared = manual.manifest_examples(manual_dir, LABELS, masks=True)
+  if prepared is not None:
+    return prepared
   root = _original_root(manual_dir)
   if root is None:
     raise manual.DataError(

@@ -64,17 +64,9 @@ def list_examples(manual_dir: str) -> list[dict]:
   """Rows ``id, label, image, masks (list), split, group`` of either layout."""
   if not os.path.isdir(manual_dir):
     raise manual.missing_dir_error("HAM10000", manual_dir, LAYOUT)
-  manifest = os.path.join(manual_dir, "manifest.csv")
-  if os.path.exists(manifest):
-    rows = manual.read_manifest(manifest, ("id", "label", "image", "mask", "split", "group"))
-    out = []
-    for r in rows:
-      _check_label(manifest, r["id"], r["label"])
-      out.append(dict(id=r["id"], label=r["label"], split=r["split"],
-                      group=r["group"] or r["id"],
-                      image=os.path.join(manual_dir, r["image"]),
-                      masks=[os.path.join(manual_dir, r["mask"])] if r["mask"] else []))
-    return out
+  prepared = manual.manifest_examples(manual_dir, LABELS, masks=True)
+  if prepared is not None:
+    return prepared
   metadata = os.path.join(manual_dir, "HAM10000_metadata.csv")
   if not os.path.exists(metadata):
     raise manual.DataError(f"{manual_dir!r} holds neither manifest.csv nor "

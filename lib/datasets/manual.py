@@ -26,6 +26,27 @@ def read_manifest(path: str, required: Sequence[str]) -> list[dict]:
     return list(reader)
 
 
+def manifest_examples(manual_dir: str, labels, *, masks: bool):
+  """The rows ``id, label, image, masks, split, group`` of a prepared copy's
+  ``manifest.csv`` (columns ``id, label, image, split`` [, ``mask``] [, ``group``]; paths
+  relative to the folder; a missing group is the image's own), or None when the folder
+  has no manifest. A label outside ``labels`` stops with the row and the valid ones."""
+  manifest = os.path.join(manual_dir, "manifest.csv")
+  if not os.path.exists(manifest):
+    return None
+  rows = read_manifest(manifest, ("id", "label", "image") + (("mask",) if masks else ()) + ("split",))
+  out = []
+  for r in rows:
+    if r["label"] not in labels:
+      raise DataError(f"{manifest}: row {r['id']} has unknown label {r['label']!r} "
+                      f"(expected one of {tuple(labels)}).")
+    out.append(dict(id=r["id"], label=r["label"], split=r["split"],
+                    group=r.get("group") or r["id"],
+                    image=os.path.join(manual_dir, r["image"]),
+                    masks=[os.path.join(manual_dir, r["mask"])] if masks and r["mask"] else []))
+  return out
+
+
 def load_image(path: str, channels: int = 1) -> np.ndarray:
   """Decodes an image file to uint8 (H, W, channels), naming the file if it is corrupt.
 
