@@ -1,4 +1,9 @@
-"""What a run leaves for a reader: metric logs, figures and markdown/CSV tables."""
+"""What a run leaves for a reader: metric logs, figures and markdown/CSV tables.
+
+Every ``plot_*`` function builds a :class:`matplotlib.figure.Figure` with the object API
+(:func:`new_figure`: no pyplot state, no backend switch) and returns it; given a ``path``
+it also writes it there (atomically, process 0 only). In a notebook, the returned figure
+displays itself."""
 
 from __future__ import annotations
 
@@ -6,12 +11,15 @@ import csv
 import io
 import json
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import jax
 import numpy as np
 
 from lib import data, files
+
+if TYPE_CHECKING:   # matplotlib is imported only when a figure is drawn
+  from matplotlib.figure import Figure
 
 
 class MetricWriter:
@@ -74,27 +82,34 @@ def write_table(rows: Sequence[dict], path_stem: str, columns: Optional[Sequence
   return text
 
 
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
+def new_figure(nrows: int = 1, ncols: int = 1, *, figsize, squeeze: bool = True):
+  """``(Figure, axes)`` built with matplotlib's object API: no pyplot state and no backend
+  switch, so the plot functions work the same in a script, a test and a live Jupyter
+  session (where a returned Figure displays itself)."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  fig = Figure(figsize=figsize)
+  return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def save_figure(fig, path: str, dpi: int = 110) -> None:
-  """Lays out ``fig``, writes it to ``path`` (atomically, process 0 only: like every file,
-  :func:`lib.files.atomic_write`) and closes it."""
+  """Lays out ``fig`` and writes it to ``path`` (atomically, process 0 only: like every
+  file, :func:`lib.files.atomic_write`)."""
   fig.tight_layout()
   buffer = io.BytesIO()
   fig.savefig(buffer, dpi=dpi, format=os.path.splitext(path)[1][1:] or "png")
-  _plt().close(fig)
   files.atomic_write(path, buffer.getvalue(), mode="wb")
 
 
-def plot_training_curves(log: list[dict], path: str) -> None:
+def _finish(fig, path: Optional[str], dpi: int):
+  """Saves ``fig`` when a ``path`` is given; returns it either way."""
+  if path:
+    save_figure(fig, path, dpi=dpi)
+  return fig
+
+
+def plot_training_curves(log: list[dict], path: Optional[str] = None) -> "Figure":
   """Training loss per step and validation metrics per epoch."""
-  plt = _plt()
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  fig, axes = new_figure(1, 2, figsize=(10, 3.6))
   train = [r for r in log if "train_loss" in r]
   axes[0].plot([r["step"] for r in train], [r["train_loss"] for r in train])
   axes[0].set(xlabel="step", ylabel="training loss", yscale="log")
@@ -105,15 +120,15 @@ def plot_training_curves(log: list[dict], path: str) -> None:
                    label=key[4:])
   axes[1].set(xlabel="step", ylabel="validation", ylim=(0, 1.02))
   axes[1].legend(fontsize=8)
-  save_figure(fig, path, dpi=110)
+  return _finish(fig, path, dpi=110)
 
 
-def plot_predictions(images, masks, labels, probs, mask_probs, class_names, path: str,
-                     n: int = 8) -> None:
+def plot_predictions(images, masks, labels, probs, mask_probs, class_names,
+                     path: Optional[str] = None,
+                     n: int = 8) -> "Figure":
   """Test images with the true lesion contour (green), predicted mask (red) and P(class)."""
-  plt = _plt()
   n = min(n, len(images))
-  fig, axes = plt.subplots(1, n, figsize=(2.1 * n, 2.5))
+  fig, axes = new_figure(1, n, figsize=(2.1 * n, 2.5))
   for i, ax in enumerate(np.atleast_1d(axes)):
     show_image(ax, images[i])
     if masks is not None and masks[i].any():
@@ -124,14 +139,14 @@ def plot_predictions(images, masks, labels, probs, mask_probs, class_names, path
     ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[pred]} {probs[i][pred]:.2f}",
                  fontsize=7, color="black" if pred == labels[i] else "red")
     ax.axis("off")
-  save_figure(fig, path, dpi=110)
+  return _finish(fig, path, dpi=110)
 
 
-def plot_accuracy_vs_eps(rows: Sequence[dict], path: str, highlight: float = 0.004,
-                         metric: str = "accuracy", ylabel: str = "accuracy under attack") -> None:
+def plot_accuracy_vs_eps(rows: Sequence[dict], path: Optional[str] = None,
+                         highlight: float = 0.004,
+                         metric: str = "accuracy", ylabel: str = "accuracy under attack") -> "Figure":
   """``metric`` (accuracy under attack) against eps, one line per (model, attack) that has it."""
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = new_figure(figsize=(6, 4))
   rows = [r for r in rows if metric in r]
   keys = sorted({(r["model"], r["attack"]) for r in rows})
   for model, attack in keys:
@@ -142,28 +157,27 @@ def plot_accuracy_vs_eps(rows: Sequence[dict], path: str, highlight: float = 0.0
          ylim=(min(0.0, min((r[metric] for r in rows), default=0.0)), 1.02))
   ax.set_xscale("symlog", linthresh=1e-3)
   ax.legend(fontsize=7)
-  save_figure(fig, path, dpi=110)
+  return _finish(fig, path, dpi=110)
 
 
-def plot_attack_examples(explanation: bool, arrays, examples: dict, class_names, path: str,
-                         eps: float, title: str = "") -> None:
+def plot_attack_examples(explanation: bool, arrays, examples: dict, class_names,
+                         path: Optional[str],
+                         eps: float, title: str = "") -> "Figure":
   """The before/after figure of one attack: the maps (:func:`plot_map_attack`) for an
   explanation attack, else the images (:func:`plot_adversarial_examples`)."""
   if explanation:
-    plot_map_attack(arrays, examples, class_names, path, eps, title=title)
-  else:
-    plot_adversarial_examples(arrays, examples, class_names, path, eps)
+    return plot_map_attack(arrays, examples, class_names, path, eps, title=title)
+  return plot_adversarial_examples(arrays, examples, class_names, path, eps)
 
 
-def plot_adversarial_examples(arrays, examples: dict, class_names, path: str,
-                              eps: float, n: int = 4) -> None:
+def plot_adversarial_examples(arrays, examples: dict, class_names, path: Optional[str],
+                              eps: float, n: int = 4) -> "Figure":
   """Clean image, perturbation (amplified to the full grey range) and adversarial image,
   with the predictions, for ``n`` images at one eps."""
-  plt = _plt()
   eps = min(examples, key=lambda e: abs(e - eps))
   ex = examples[eps]
   n = min(n, len(ex["x_adv"]))
-  fig, axes = plt.subplots(n, 3, figsize=(6.3, 2.2 * n), squeeze=False)
+  fig, axes = new_figure(n, 3, figsize=(6.3, 2.2 * n), squeeze=False)
   for i in range(n):
     j = ex["index"][i] if "index" in ex else i      # the image's position in ``arrays``
     clean = arrays["image"][j].astype(np.float32) / 255.0
@@ -185,20 +199,19 @@ def plot_adversarial_examples(arrays, examples: dict, class_names, path: str,
                          fontsize=7, color="red" if p_adv.argmax() != p_clean.argmax() else "black")
     for a in axes[i]:
       a.axis("off")
-  save_figure(fig, path, dpi=110)
+  return _finish(fig, path, dpi=110)
 
 
-def plot_map_attack(arrays, examples: dict, class_names, path: str, eps: float,
-                    n: int = 4, title: str = "") -> None:
+def plot_map_attack(arrays, examples: dict, class_names, path: Optional[str], eps: float,
+                    n: int = 4, title: str = "") -> "Figure":
   """Before/after figure of an explanation attack at one eps: per image, the clean image
   with its map and the lesion contour, beside the attacked image with its map, each
   titled with the prediction and its probability (the Spearman correlation of the maps
   on the right)."""
-  plt = _plt()
   eps = min(examples, key=lambda e: abs(e - eps))
   ex = examples[eps]
   n = min(n, len(ex["adv_map"]))
-  fig, axes = plt.subplots(n, 2, figsize=(4.4, 2.3 * n + 0.3), squeeze=False)
+  fig, axes = new_figure(n, 2, figsize=(4.4, 2.3 * n + 0.3), squeeze=False)
   for i in range(n):
     j = ex["index"][i] if "index" in ex else i      # the image's position in ``arrays``
     clean = arrays["image"][j].astype(np.float32) / 255.0
@@ -215,7 +228,7 @@ def plot_map_attack(arrays, examples: dict, class_names, path: str, eps: float,
       a.axis("off")
   if title:
     fig.suptitle(title, fontsize=8)
-  save_figure(fig, path, dpi=110)
+  return _finish(fig, path, dpi=110)
 
 
 def show_image(ax, image) -> None:
@@ -239,12 +252,11 @@ def _overlay(ax, image, mask, saliency_map=None) -> None:
                linewidths=0.7 if saliency_map is None else 0.5)
 
 
-def plot_map_grid(rows, path: str) -> None:
+def plot_map_grid(rows, path: Optional[str] = None) -> "Figure":
   """One figure row per ``(title, image, mask, {method: map})``: the image with the lesion
   contour, then each method's map over it."""
-  plt = _plt()
   methods = list(rows[0][3])
-  fig, axes = plt.subplots(len(rows), len(methods) + 1,
+  fig, axes = new_figure(len(rows), len(methods) + 1,
                            figsize=(1.9 * (len(methods) + 1), 1.95 * len(rows)), squeeze=False)
   for r, (title, image, mask, maps) in enumerate(rows):
     _overlay(axes[r, 0], image, mask)
@@ -255,22 +267,23 @@ def plot_map_grid(rows, path: str) -> None:
         axes[r, j + 1].set_title(method.replace("_", " "), fontsize=7)
   for a in axes.flat:
     a.axis("off")
-  save_figure(fig, path, dpi=100)
+  return _finish(fig, path, dpi=100)
 
 
-def plot_explanations(arrays, maps: dict, class_names, path: str) -> None:
+def plot_explanations(arrays, maps: dict, class_names, path: Optional[str] = None) -> "Figure":
   """Rows of images of one model: the image with the lesion contour, then each map."""
   n = len(next(iter(maps.values())))
-  plot_map_grid([(f"{arrays['id'][i]}\n{class_names[arrays['label'][i]]}",
+  return plot_map_grid([(f"{arrays['id'][i]}\n{class_names[arrays['label'][i]]}",
                   arrays["image"][i].astype(np.float32) / 255.0, arrays["mask"][i],
                   {m: v[i] for m, v in maps.items()}) for i in range(n)], path)
 
 
-def plot_model_comparison(results: dict, path: str, n_images: int = 4) -> None:
+def plot_model_comparison(results: dict, path: Optional[str] = None,
+                          n_images: int = 4) -> "Figure":
   """For ``n_images`` images of both classes (:func:`lib.data.example_indices`): one row
   per (image, model), one column per method."""
   names = list(results)
   arrays = results[names[0]]["arrays"]
-  plot_map_grid([(f"{arrays['id'][i]}\n{name}", arrays["image"][i].astype(np.float32) / 255.0,
+  return plot_map_grid([(f"{arrays['id'][i]}\n{name}", arrays["image"][i].astype(np.float32) / 255.0,
                   arrays["mask"][i], {m: v[i] for m, v in results[name]["maps"].items()})
                  for i in data.example_indices(arrays["label"], n_images) for name in names], path)

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 
 from configs import explain as explain_config
-from lib import data, experiment, explain_report
+from lib import data, experiment, explain_report, report
 
 
 def test_explain_writes_tables_figures_and_baselines(trained, tmp_path):
@@ -63,3 +63,18 @@ def test_bootstrap_interval_contains_the_mean():
   assert lo < mean < hi and hi - lo < 0.5 and abs(mean - v.mean()) < 1e-12
   d, dlo, dhi = metrics.bootstrap_ci(v + 2.0, paired_with=v)
   assert d == dlo == dhi == 2.0
+
+
+def test_plots_return_figures_without_pyplot_and_save_only_when_asked(tmp_path):
+  """Issue 26: plot functions build Figures with the object API (no pyplot registry, no
+  backend switch in a live notebook) and write a file only when given a path."""
+  from matplotlib.figure import Figure
+  rows = [{"model": "m", "attack": "pgd", "eps": e, "accuracy": a}
+          for e, a in ((0.0, 0.9), (0.004, 0.5), (0.008, 0.2))]
+  fig = report.plot_accuracy_vs_eps(rows)
+  assert isinstance(fig, Figure) and fig.canvas.manager is None   # not a pyplot figure
+  assert not list(tmp_path.iterdir())
+  image = np.zeros((8, 8, 3), np.float32)
+  grid = report.plot_map_grid([("a", image, np.ones((8, 8)), {"gradient": np.eye(8)})],
+                              str(tmp_path / "grid.png"))
+  assert isinstance(grid, Figure) and (tmp_path / "grid.png").stat().st_size > 0

@@ -120,9 +120,10 @@ def pack_dataset(name: str, src_root: str, dest: str, size: int) -> dict:
   mask padded to a square and resized to ``size`` x ``size`` by the pipeline's own
   :func:`lib.data.resize_example` (``resize="pad"``), saved as PNG to ``dest``."""
   from PIL import Image
-  from lib.data import resize_example
+  from lib.data import DATASETS, resize_example
   from lib.datasets import manual
   src = os.path.join(src_root, name)
+  channels = DATASETS[name].channels   # HAM10000 is RGB
   manifest = os.path.join(src, "manifest.csv")
   if not os.path.exists(manifest):
     raise SystemExit(f"{manifest} not found: point --data_root (or MEDROBUST_DATA_ROOT) at "
@@ -132,7 +133,7 @@ def pack_dataset(name: str, src_root: str, dest: str, size: int) -> dict:
     reader = csv.DictReader(f)
     fields, rows = reader.fieldnames, list(reader)
   for r in rows:
-    image = manual.load_gray(os.path.join(src, r["image"]))
+    image = manual.load_image(os.path.join(src, r["image"]), channels)
     mask = (manual.load_mask([os.path.join(src, r["mask"])], image.shape) if r.get("mask")
             else np.zeros_like(image))
     image, mask = resize_example(image, mask, size, "pad")
@@ -140,7 +141,8 @@ def pack_dataset(name: str, src_root: str, dest: str, size: int) -> dict:
       if r.get(col):
         out = os.path.join(dest, r[col])
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        Image.fromarray(array).save(out, optimize=True)
+        Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
+                        ).save(out, optimize=True)
     if "height" in r:
       r["height"] = r["width"] = str(size)
   with open(os.path.join(dest, "manifest.csv"), "w", newline="") as f:

@@ -21,11 +21,10 @@ def plot_metrics(model_rows, study, path: str) -> None:
   rows = [r for r in model_rows if np.isfinite(r["mean"])]
   if not rows:
     return
-  plt = report._plt()
   panels = list(dict.fromkeys(r["metric"] for r in rows))
   cols = min(4, len(panels))
   nrows = -(-len(panels) // cols)
-  fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+  fig, axes = report.new_figure(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
   names = [m.name for m in study.models]
   for ax, metric in zip(axes.flat, panels):
     mine = {r["model"]: r for r in rows if r["metric"] == metric}
@@ -63,9 +62,8 @@ def plot_eps_curves(model_rows, study, field: str, path: str) -> bool:
   curves = {k: sorted(v, key=lambda t: t[0]) for k, v in curves.items() if len(v) > 1}
   if not curves:
     return False
-  plt = report._plt()
   attacks = sorted({a for _, a in curves})
-  fig, axes = plt.subplots(1, len(attacks), figsize=(4 * len(attacks), 3.4), squeeze=False)
+  fig, axes = report.new_figure(1, len(attacks), figsize=(4 * len(attacks), 3.4), squeeze=False)
   for ax, attack in zip(axes.flat, attacks):
     for model in [m.name for m in study.models]:
       pts = curves.get((model, attack))
