@@ -11,7 +11,6 @@ while saving leaves the previous checkpoint as the latest one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -63,7 +62,9 @@ class RunCheckpoints:
                                     reverse=best_mode == "min", n=1))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keepers),
-        enable_async_checkpointing=async_save, create=True)
+        # best_fn makes orbax save each step's metrics (CheckpointManager.metrics reads them)
+        best_fn=(lambda m: m[best_metric]) if best_metric else None,
+        best_mode=best_mode, enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
 
@@ -88,19 +89,21 @@ class RunCheckpoints:
     self.manager.wait_until_finished()
 
   def read_meta(self, step: int) -> dict:
-    path = os.path.join(self.directory, str(step), "meta", "metadata")
-    with open(path) as f:
-      return json.load(f)
+    """The ``meta`` item of a step (architecture, class names, metrics), through orbax."""
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def best_step(self) -> Optional[int]:
-    """The retained step with the best validation metric (the latest if none has one)."""
+    """The retained step with the best validation metric (the latest if none has one; NaN
+    counts as none), by the metrics orbax saved with each step
+    (``CheckpointManager.metrics``), or for checkpoints written before orbax saved them,
+    those in the step's ``meta`` item."""
     scored = []
     for step in self.all_steps():
       try:
-        meta = self.read_meta(step)
-      except (OSError, ValueError):
+        metrics = self.manager.metrics(step) or self.read_meta(step).get("metrics")
+      except Exception:  # pylint: disable=broad-except  # unreadable: restore_newest_good says so
         continue   # unreadable: restore_newest_good reports it
-      m = (meta.get("metrics") or {}).get(self.best_metric)
+      m = (metrics or {}).get(self.best_metric) if self.best_metric else None
       if m is not None and m == m:  # not NaN
         scored.append((m if self.best_mode == "max" else -m, step))
     return max(scored)[1] if scored else self.latest_step()
@@ -117,7 +120,7 @@ class RunCheckpoints:
     check_placement(abstract_state_dict, where)
     try:
       meta = self.read_meta(step)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds
       raise CheckpointCorruptError(f"Checkpoint {where} is incomplete or corrupt: its "
                                    f"metadata cannot be read ({e}).") from e
     if model_config is not None and "architecture" in meta:

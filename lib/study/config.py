@@ -74,12 +74,16 @@ def eval_dir(workdir: str, model: str, seed: int, fold: int) -> str:
 
 
 def _set(c, dotted: str, value):
+  """Sets the dotted field with ConfigDict's own update (its type checks and casts, e.g. a
+  list for a tuple field), after checking that the field exists: the update would silently
+  add a misspelt one."""
   *parents, leaf = dotted.split(".")
+  node = c
   for p in parents:
-    c = c[p]
-  if leaf not in c:
+    node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
     raise KeyError(f"Unknown config field {dotted!r} in a study override.")
-  c[leaf] = type(c[leaf])(value) if isinstance(c[leaf], (tuple, list)) else value
+  c.update_from_flattened_dict({dotted: value})
 
 
 def train_config_for(study, model_spec, seed: int, fold: int, workdir: str):
