@@ -131,6 +131,10 @@ def save_config(config, workdir: str) -> None:
 NUMERICS_FREE = ("log_every_steps", "async_checkpointing", "data.num_threads", "data.data_dir",
                  "multihost", "checkpoint_keep", "eval_batch_size", "existing_run")
 EXISTING_RUN = ("refuse", "continue", "restart")
+# Fields added after runs were made, with the value that reproduces such a run: a
+# config.json without the field is the same run as one with this value.
+ADDED_FIELDS = {"data.augment.saturation": 0.0, "data.augment.hue": 0.0,
+                "data.train_subset": 0}
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -145,7 +149,7 @@ def _flatten(tree, prefix: str = "") -> dict:
 
 def config_differences(old: dict, new: dict) -> list[str]:
   """``field: old -> new`` for every setting that differs (and changes numbers)."""
-  a, b = _flatten(old), _flatten(new)
+  a, b = ({**ADDED_FIELDS, **_flatten(c)} for c in (old, new))
   return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
           for k in sorted(set(a) | set(b)) if k not in NUMERICS_FREE and a.get(k) != b.get(k)]
 

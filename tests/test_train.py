@@ -243,3 +243,13 @@ def test_checkpoints_from_before_an_interruption_are_pruned(full_run, tmp_path):
   steps = sorted(int(s) for s in uninterrupted if s.isdigit())
   ckpt = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), best_metric="val_auc")
   assert set(steps) == {8, 12, ckpt.best_step()}        # the latest two and the best
+
+
+def test_a_run_made_before_a_field_existed_resumes_when_the_field_keeps_its_old_behaviour():
+  """Fields added later (colour jitter, train_subset) must not make every earlier run "a
+  run made with other settings" (a study stopped mid-run could not resume)."""
+  new = {"data": {"augment": {"hue": 0.0, "saturation": 0.0, "hflip": True}, "train_subset": 0}}
+  old = {"data": {"augment": {"hflip": True}}}
+  assert experiment.config_differences(old, new) == []
+  new["data"]["augment"]["hue"] = 0.05
+  assert experiment.config_differences(old, new) == ["data.augment.hue: 0.0 -> 0.05"]
