@@ -86,7 +86,7 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray]) -> None:
   codes = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
   header, chunks, offset = {}, [], 0
   for name in sorted(tensors):
-    a = np.ascontiguousarray(tensors[name])
+    a = np.asarray(tensors[name], order="C")   # ascontiguousarray would make a scalar 1-d
     buf = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
     header[name] = {"dtype": codes[a.dtype], "shape": list(a.shape),
                     "data_offsets": [offset, offset + len(buf)]}

@@ -116,3 +116,37 @@ def test_a_brightness_edge_is_not_colour_variation():
   assert np.isnan(metrics.colour_variation_correlation(edge_map, image, mask, 4)[0])
   np.testing.assert_allclose(metrics.luminance_variation_correlation(edge_map, image, mask, 4)[0],
                              2 / np.sqrt(5), atol=1e-9)
+
+
+def _ssim_scipy(x, y, data_range=1.0):
+  """SSIM written independently with scipy's Gaussian filter (the window of Wang et al.
+  2004 and of scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False)``: sigma 1.5, truncated at 3.5 sigma = 11 taps, K1 0.01,
+  K2 0.03, the border of 5 pixels cropped before averaging)."""
+  from scipy import ndimage
+  filt = lambda a: ndimage.gaussian_filter(a, sigma=1.5, truncate=3.5, mode="reflect")
+  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  mx, my = filt(x), filt(y)
+  sxx, syy, sxy = filt(x * x) - mx ** 2, filt(y * y) - my ** 2, filt(x * y) - mx * my
+  s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (sxx + syy + c2))
+  return s[5:-5, 5:-5].mean()
+
+
+def test_ssim_matches_an_independent_implementation_on_images_that_differ():
+  """Issue 26: SSIM was tested only on identical images. Here against a scipy
+  implementation (scikit-image is not a dependency; its Gaussian-window SSIM is this
+  formula), on an image and versions of it that differ: noise, a blur, an adversarial-sized
+  perturbation and another image."""
+  rng = np.random.default_rng(0)
+  base = np.clip(np.cumsum(rng.normal(0, 0.05, (48, 48)), axis=1) % 1.0, 0, 1)
+  others = {"noise": np.clip(base + rng.normal(0, 0.1, base.shape), 0, 1),
+            "eps": np.clip(base + 0.004 * np.sign(rng.normal(size=base.shape)), 0, 1),
+            "blur": __import__("scipy").ndimage.uniform_filter(base, 3),
+            "other": rng.uniform(0, 1, base.shape)}
+  for name, other in others.items():
+    ours = float(metrics.ssim(base[None, ..., None].astype(np.float32),
+                              other[None, ..., None].astype(np.float32))[0])
+    assert ours == pytest.approx(_ssim_scipy(base, other), abs=2e-5), name
+  assert float(metrics.ssim(base[None, ..., None].astype(np.float32),
+                            others["other"][None, ..., None].astype(np.float32))[0]) < 0.2

@@ -135,3 +135,30 @@ def test_torchvision_model_gives_the_same_logits(arch, tmp_path):
     expected = net(xt).numpy()
   got = np.asarray(model.apply(variables, x, method=models.ResNet.logits))
   np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_safetensors_reader_and_writer_agree_with_the_safetensors_package(tmp_path):
+  """Issue 26: our reader was tested only against our writer. Both directions against the
+  reference implementation (the `safetensors` package), every dtype we map, odd shapes."""
+  import ml_dtypes
+  st = pytest.importorskip("safetensors.numpy", reason="the safetensors package (test extra)")
+  rng = np.random.default_rng(0)
+  tensors = {"f32": rng.normal(size=(3, 5)).astype(np.float32),
+             "f16": rng.normal(size=(7,)).astype(np.float16),
+             "bf16": rng.normal(size=(2, 2, 3)).astype(ml_dtypes.bfloat16),
+             "f64": rng.normal(size=(1,)), "i64": np.arange(6, dtype=np.int64).reshape(2, 3),
+             "i32": np.array([-1, 2], np.int32), "u8": np.arange(5, dtype=np.uint8),
+             "scalar": np.array(3.5, np.float32), "empty": np.zeros((0, 4), np.float32)}
+  theirs = str(tmp_path / "theirs.safetensors")
+  st.save_file(tensors, theirs)
+  got = torch_weights.read_safetensors(theirs)
+  assert set(got) == set(tensors)
+  for k, v in tensors.items():
+    assert got[k].dtype == v.dtype and got[k].shape == v.shape, k
+    np.testing.assert_array_equal(got[k], v, err_msg=k)
+  mine = str(tmp_path / "mine.safetensors")
+  torch_weights.write_safetensors(mine, tensors)
+  back = st.load_file(mine)
+  for k, v in tensors.items():
+    assert back[k].dtype == v.dtype and back[k].shape == v.shape, k
+    np.testing.assert_array_equal(back[k], v, err_msg=k)

@@ -8,7 +8,11 @@ Per model and metric (:func:`summary_rows`):
   training sets overlap; :func:`corrected_t`), and
 * the pooled out-of-fold value (every image predicted once per repetition by the model
   that did not see it) with a percentile bootstrap 95 % CI over images, resampling whole
-  groups (near-duplicates / patients together; :func:`group_bootstrap`);
+  groups (near-duplicates / patients together; :func:`group_bootstrap`). Percentile, not
+  BCa: BCa's acceleration needs a jackknife over the groups (one metric evaluation per
+  group: thousands of AUCs per metric and model on HAM10000), scipy's ``bootstrap`` cannot
+  resample clusters, and the study's headline intervals are the corrected-t ones above;
+  image-level intervals (``lib.metrics.bootstrap_ci``, explain.py) are BCa;
 
 and for each comparison ``a - b`` the same two, paired: the corrected resampled t-test
 over the fold runs and a paired group bootstrap over the out-of-fold images.
