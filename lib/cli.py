@@ -15,7 +15,7 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lib import experiment, files, parallel, xla_cpu
+from lib import experiment, files, parallel, progress, xla_cpu
 
 
 def run(job: Callable, default_config: str, *, lock_config: bool = False) -> None:
@@ -26,6 +26,8 @@ def run(job: Callable, default_config: str, *, lock_config: bool = False) -> Non
                                   lock_config=lock_config)
   flags.DEFINE_string("workdir", None, "Output directory.")
   flags.mark_flags_as_required(["workdir"])
+  flags.DEFINE_bool("progress", True, "Progress bars on long work (stderr, process 0, a "
+                    "terminal only; lib/progress.py). false = off, like MEDROBUST_PROGRESS=0.")
   flags.DEFINE_enum("multihost", "auto", parallel.MULTIHOST,
                     "Join a multi-process job (jax.distributed.initialize): auto = when the "
                     "environment names several processes (lib.launch, JAX_COORDINATOR_ADDRESS, "
@@ -35,6 +37,8 @@ def run(job: Callable, default_config: str, *, lock_config: bool = False) -> Non
     del argv
     experiment.setup_logging()
     config = flags.FLAGS.config
+    if not flags.FLAGS.progress:
+      os.environ[progress.ENV] = "0"
     parallel.initialize_distributed(flags.FLAGS.multihost)
     if added:
       logging.info("XLA:CPU defaults (lib.xla_cpu.configure) added to XLA_FLAGS: %s",

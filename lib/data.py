@@ -25,7 +25,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from lib import datasets, files
+from lib import datasets, files, progress
 from lib.datasets import manual
 from lib.datasets.manual import DataError
 
@@ -214,7 +214,9 @@ def _read_split(builder, data_config, split: str, image_size: int) -> dict:
     return image, mask, remap[label], _text(ex["id"]), _text(ex["group"])
 
   with futures.ThreadPoolExecutor(max(os.cpu_count() or 1, 2)) as pool:
-    rows = [r for r in pool.map(read, range(len(source))) if r is not None]
+    rows = [r for r in progress.track(pool.map(read, range(len(source))), len(source),
+                                      f"{data_config.name}/{split} {image_size} px", "img")
+            if r is not None]
   rows.sort(key=lambda r: r[3])  # stored order is a hash; sort by id for stable evaluation
   if not rows:
     raise DataError(f"{data_config.name}/{split} has no images of classes "

@@ -121,7 +121,8 @@ def explain_checkpoint(workdir_ckpt: str, config, restored=None) -> CheckpointEx
     t_total, images_timed = 0.0, 0
     for b, (_, _, (maps, target), seconds) in enumerate(parallel.iterate_batches(
         maps_fn, {"image": arrays["image"], "labels": arrays["label"]}, batch_size=bs,
-        mesh=mesh, args=(variables, key), prepare=to_input)):
+        mesh=mesh, args=(variables, key), prepare=to_input,
+        desc=f"{os.path.basename(workdir_ckpt.rstrip('/'))} {method}")):
       if b > 0 or n <= bs:  # the first call compiles
         t_total += seconds
         images_timed += bs

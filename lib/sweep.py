@@ -257,7 +257,7 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter=None, 
     if previous is not None:
       todo = np.flatnonzero(previous["adv_probs"].argmax(-1) == arrays["label"])
     cat = _attack_images(fn, arrays, todo, previous, config, mesh,
-                         (variables, jnp.float32(eps), key), prepare)
+                         (variables, jnp.float32(eps), key), prepare, desc=f"{label} eps={eps:g}")
     if cascade:
       previous = cat
     row = {"attack": label, "family": family, "norm": norm, "eps": float(eps),
@@ -281,7 +281,7 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter=None, 
   return rows, examples
 
 
-def _attack_images(fn, arrays, todo, previous, config, mesh, args, prepare) -> dict:
+def _attack_images(fn, arrays, todo, previous, config, mesh, args, prepare, desc="") -> dict:
   """``fn``'s per-image outputs on the images ``todo``; the others are ``previous``'s (the
   eps cascade). With no ``previous``, ``todo`` is every image."""
   if previous is not None and len(todo) == 0:
@@ -295,7 +295,7 @@ def _attack_images(fn, arrays, todo, previous, config, mesh, args, prepare) -> d
     sub = {"image": arrays["image"][padded],
            "label": np.where(np.arange(len(padded)) < len(todo), arrays["label"][padded], -1)}
   out = parallel.map_batches(fn, sub, batch_size=config.batch_size, mesh=mesh, args=args,
-                             prepare=prepare)
+                             prepare=prepare, desc=desc)
   if previous is None:
     return out
   merged = {k: v.copy() for k, v in previous.items()}

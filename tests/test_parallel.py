@@ -88,3 +88,22 @@ def test_map_batches_pads_shards_and_trims():
     mesh = parallel.make_mesh(8)
     parallel.map_batches(parallel.jit_batched(fn, mesh, 1), arrays, batch_size=12, mesh=mesh,
                          args=(np.float32(1.0),))
+
+
+def test_progress_bar_counts_images_and_one_switch_turns_it_off(monkeypatch, capsys):
+  """Issue 26: long batched work shows images/s and an ETA; MEDROBUST_PROGRESS=0 (what
+  --progress=false sets) turns every bar off, and off a terminal none is shown unasked."""
+  mesh = parallel.make_mesh(1)
+  fn = parallel.jit_batched(lambda batch, start: batch["x"] * 2, mesh, 0)
+  arrays = {"x": np.arange(10, dtype=np.float32)}
+  monkeypatch.setenv("MEDROBUST_PROGRESS", "1")
+  out = parallel.map_batches(fn, arrays, batch_size=4, mesh=mesh, desc="pgd-10 eps=0.004")
+  np.testing.assert_array_equal(out, np.arange(10) * 2)
+  err = capsys.readouterr().err
+  assert "pgd-10 eps=0.004" in err and "/10 [" in err and "img/s" in err   # total: images
+  monkeypatch.setenv("MEDROBUST_PROGRESS", "0")
+  parallel.map_batches(fn, arrays, batch_size=4, mesh=mesh, desc="pgd-10 eps=0.004")
+  assert capsys.readouterr().err == ""
+  monkeypatch.delenv("MEDROBUST_PROGRESS")          # pytest's stderr is not a terminal
+  parallel.map_batches(fn, arrays, batch_size=4, mesh=mesh, desc="pgd-10 eps=0.004")
+  assert capsys.readouterr().err == ""

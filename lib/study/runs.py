@@ -17,8 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from lib import (data, experiment, explain_report, files, metrics, models, parallel, report, sweep,
-                 trainer)
+from lib import (data, experiment, explain_report, files, metrics, models, parallel, progress,
+                 report, sweep, trainer)
 from lib.study.config import (STAGES, all_runs, check_study_config, eval_dir, measured_columns,
                               run_dir, train_config_for)
 from lib.study.records import (committed_records, out_of_fold, read_records, with_folds,
@@ -289,7 +289,9 @@ def check_committed_records(study, results_dir: str) -> None:
 def _run_stages(study, workdir: str, results_dir: str, stages) -> dict:
   os.makedirs(results_dir, exist_ok=True)
   committed = committed_records(study, results_dir)
-  for m, seed, fold in all_runs(study):   # each run evaluated as soon as it is trained
+  runs = all_runs(study)
+  for m, seed, fold in progress.track(runs, len(runs), f"study {study.name}", "run"):
+    # each run evaluated as soon as it is trained
     rd = run_dir(study, workdir, m.name, seed, fold)
     done_here = parallel.exists(os.path.join(eval_dir(workdir, m.name, seed, fold), "per_image.csv"))
     if (m.name, seed, fold) in committed and not done_here:
