@@ -38,3 +38,22 @@ def test_every_study_command_names_a_config_that_builds():
     s = study.load_train_config(spec)
     assert s.command.endswith(f"--config={spec} --workdir={workdir}")
     assert study.all_runs(s) and s.metrics
+
+
+def test_results_index_lists_every_study_and_the_readme_points_there():
+  """results/README.md (written by results/index.py) has a section for every committed
+  cross-validated study, and the README leads its results with it."""
+  import importlib.util
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location("index", os.path.join(root, "results", "index.py"))
+  index = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(index)
+  with open(os.path.join(root, "results", "README.md")) as f:
+    committed = f.read()
+  for name in index.studies():
+    assert f"]({name}/README.md)" in committed, f"run python results/index.py ({name} missing)"
+  section = index.study_section("robust_saliency_cpu")
+  assert "| claim | compared |" in section and "| pgd |" in section
+  with open(os.path.join(root, "README.md")) as f:
+    readme = f.read()
+  assert "](results/README.md)" in readme.split("## Results", 1)[1][:600]
