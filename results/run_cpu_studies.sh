@@ -62,7 +62,9 @@ if [[ ${1:-} == round ]]; then
   for pass in 0 1; do
     for entry in "${ROUND[@]}"; do
       read -r config workdir first both <<< "$entry"
-      run_study "$config" "$workdir" "$([[ $pass == 0 ]] && echo "$first" || echo "$both")"
+      # One study that stops (an error, a refused setting) does not stop the others.
+      run_study "$config" "$workdir" "$([[ $pass == 0 ]] && echo "$first" || echo "$both")" ||
+        echo "=== $(date -u +%FT%TZ) $config FAILED (exit $?): see above; continuing"
     done
   done
   exit 0
