@@ -32,7 +32,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow tests
 
-# The folder a lent GPU machine gets (README, "On a lent GPU"): wheels + data in .carry/gpu
+# The folder a lent GPU machine gets (docs/SCALING.md, "On a lent GPU"): wheels + data in .carry/gpu
 gpu-pack: $(STAMP)
 	$(BIN)/python bench/gpu/pack.py
 
