@@ -71,7 +71,7 @@ def main():
   xt = s.to_torch(x3)
   with torch.no_grad():
     yt = s.torch_model(xt).argmax(1)
-  arrays = {"image": gray, "label": yt.numpy().astype(np.int32)}
+  arrays = {"image": gray[..., None], "label": yt.numpy().astype(np.int32)}   # (N, S, S, 1)
   mesh = parallel.make_mesh(1)
   ours, torch_acc, times = {}, {}, {}
   for version in ("standard", "fast"):

@@ -57,13 +57,18 @@ class RunCheckpoints:
     self.best_mode = best_mode
     self.keep = keep
     keepers = [policies.LatestN(n=keep)]
+    worst = float("-inf") if best_mode == "max" else float("inf")
+
+    def metric(m):   # NaN ranks last: a NaN key makes sorting (and so BestN) arbitrary
+      v = m.get(best_metric, float("nan"))
+      return v if v == v else worst
+
     if best_metric:
-      keepers.append(policies.BestN(get_metric_fn=lambda m: m[best_metric],
-                                    reverse=best_mode == "min", n=1))
+      keepers.append(policies.BestN(get_metric_fn=metric, reverse=best_mode == "min", n=1))
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keepers),
         # best_fn makes orbax save each step's metrics (CheckpointManager.metrics reads them)
-        best_fn=(lambda m: m[best_metric]) if best_metric else None,
+        best_fn=metric if best_metric else None,
         best_mode=best_mode, enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
@@ -97,13 +102,15 @@ class RunCheckpoints:
     counts as none), by the metrics orbax saved with each step
     (``CheckpointManager.metrics``), or for checkpoints written before orbax saved them,
     those in the step's ``meta`` item."""
+    if not self.best_metric:
+      return self.latest_step()
     scored = []
     for step in self.all_steps():
       try:
         metrics = self.manager.metrics(step) or self.read_meta(step).get("metrics")
       except Exception:  # pylint: disable=broad-except  # unreadable: restore_newest_good says so
         continue   # unreadable: restore_newest_good reports it
-      m = (metrics or {}).get(self.best_metric) if self.best_metric else None
+      m = (metrics or {}).get(self.best_metric)
       if m is not None and m == m:  # not NaN
         scored.append((m if self.best_mode == "max" else -m, step))
     return max(scored)[1] if scored else self.latest_step()

@@ -67,6 +67,9 @@ def stored_label_map(data_config, stored: list) -> dict:
       if source not in stored:
         raise DataError(f"Label set {data_config.label_set!r} of {data_config.name} pools "
                         f"{source!r}, which is not a stored label ({stored}).")
+      if stored.index(source) in out:
+        raise DataError(f"Label set {data_config.label_set!r} of {data_config.name} puts the "
+                        f"stored label {source!r} in two classes.")
       out[stored.index(source)] = i
   return out
 

@@ -303,22 +303,40 @@ def masked_spearman(a, b, mask, min_pixels: int = 16) -> np.ndarray:
   return out
 
 
-def colour_variation_correlation(maps, images, masks, min_pixels: int = 16) -> np.ndarray:
+def lesion_interior(masks, erode: int = 2) -> np.ndarray:
+  """The masks (N, H, W) eroded by ``erode`` pixels (3 x 3 steps): the lesion without its
+  rim, where a central difference reaches outside the lesion, and where the step from
+  lesion to skin or to the black padding of a resized image would count as "variation
+  inside the lesion"."""
+  from scipy import ndimage  # pylint: disable=import-outside-toplevel
+  masks = np.asarray(masks) > 0
+  if erode <= 0:
+    return masks
+  return np.stack([ndimage.binary_erosion(m, np.ones((3, 3), bool), iterations=erode)
+                   for m in masks])
+
+
+def colour_variation_correlation(maps, images, masks, min_pixels: int = 16,
+                                 erode: int = 2) -> np.ndarray:
   """Does a saliency map follow the colour variation inside the lesion? Per image, the
-  Spearman correlation, over the pixels inside the lesion mask, between |map| and the
-  local colour gradient (:func:`colour_gradient`, CIELAB a*b*). The skin-cancer saliency
-  study's third observation (maps of robust models highlight colour variation within the
-  lesion) made measurable: near 0 for a map unrelated to colour (a random map's expected
-  value), 1 for a map ranked exactly like the colour edges. NaN where the lesion has
-  fewer than ``min_pixels`` pixels or either is constant there. Images (N, H, W, 3) in
-  [0, 1]; maps and masks (N, H, W)."""
-  return masked_spearman(np.abs(np.asarray(maps)), colour_gradient(images), masks, min_pixels)
+  Spearman correlation, over the pixels of the lesion's interior (the mask eroded by
+  ``erode`` pixels: :func:`lesion_interior`), between |map| and the local colour gradient
+  (:func:`colour_gradient`, CIELAB a*b*). The skin-cancer saliency study's third
+  observation (maps of robust models highlight colour variation within the lesion) made
+  measurable: near 0 for a map unrelated to colour (a random map's expected value), 1 for
+  a map ranked exactly like the colour edges. NaN where the interior has fewer than
+  ``min_pixels`` pixels or either is constant there. Images (N, H, W, 3) in [0, 1]; maps
+  and masks (N, H, W)."""
+  return masked_spearman(np.abs(np.asarray(maps)), colour_gradient(images),
+                         lesion_interior(masks, erode), min_pixels)
 
 
-def luminance_variation_correlation(maps, images, masks, min_pixels: int = 16) -> np.ndarray:
+def luminance_variation_correlation(maps, images, masks, min_pixels: int = 16,
+                                    erode: int = 2) -> np.ndarray:
   """:func:`colour_variation_correlation` with the L* (brightness) gradient: whether a map
   follows edges of any kind, the control that tells colour from mere contrast."""
-  return masked_spearman(np.abs(np.asarray(maps)), luminance_gradient(images), masks, min_pixels)
+  return masked_spearman(np.abs(np.asarray(maps)), luminance_gradient(images),
+                         lesion_interior(masks, erode), min_pixels)
 
 
 def top_fraction_iou(m, mask, fraction: float = 0.1) -> np.ndarray:

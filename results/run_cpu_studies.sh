@@ -42,7 +42,7 @@ run_study() {
   local config=$1 workdir=$2 seeds=$3
   echo "=== $(date -u +%FT%TZ) $config seeds $seeds"
   "$PY" study.py --config="configs/studies/$config" --workdir="runs/$workdir" \
-    --config.seeds="$seeds" --config.stages="('train', 'evaluate')"
+    --config.seeds="$seeds" --config.stages="('train', 'evaluate')" || return
   "$PY" study.py --config="configs/studies/$config" --workdir="runs/$workdir" \
     --config.stages="('summarise',)"
 }

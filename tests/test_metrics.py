@@ -90,20 +90,22 @@ def test_colour_variation_correlation_worked_by_hand():
   np.testing.assert_allclose(g, np.tile([0.0, 52.27, 52.27, 0.0], (4, 1)), atol=0.01)
   mask = np.ones((1, 4, 4))
   edge_map = np.tile([0.1, 0.9, 0.8, 0.0], (4, 1))[None]          # ranks like the edge
-  assert metrics.colour_variation_correlation(edge_map, image, mask, min_pixels=4)[0] > 0.8
+  assert metrics.colour_variation_correlation(edge_map, image, mask, 4, erode=0)[0] > 0.8
   # Spearman inside the mask by hand: map ranks per row (2, 4, 3, 1) against gradient
   # ranks (1.5, 3.5, 3.5, 1.5), each repeated over 4 rows: rho = 0.894 (= 2 / sqrt(5)).
-  rho = metrics.colour_variation_correlation(edge_map, image, mask, min_pixels=4)[0]
+  rho = metrics.colour_variation_correlation(edge_map, image, mask, 4, erode=0)[0]
   np.testing.assert_allclose(rho, 2 / np.sqrt(5), atol=1e-9)
   # Signs do not matter (|map|), an anti-aligned map is negative.
-  np.testing.assert_allclose(metrics.colour_variation_correlation(-edge_map, image, mask, 4)[0], rho)
+  np.testing.assert_allclose(metrics.colour_variation_correlation(-edge_map, image, mask, 4, 0)[0], rho)
   anti = np.tile([1.0, 0.0, 0.0, 1.0], (4, 1))[None]
-  assert metrics.colour_variation_correlation(anti, image, mask, min_pixels=4)[0] == -1.0
+  assert metrics.colour_variation_correlation(anti, image, mask, 4, erode=0)[0] == -1.0
   # Only pixels inside the mask count; too few of them, or a constant map, give NaN.
   small = np.zeros((1, 4, 4))
   small[0, 0, :2] = 1
-  assert np.isnan(metrics.colour_variation_correlation(edge_map, image, small, min_pixels=4)[0])
-  assert np.isnan(metrics.colour_variation_correlation(np.ones((1, 4, 4)), image, mask, 4)[0])
+  assert np.isnan(metrics.colour_variation_correlation(edge_map, image, small, 4, erode=0)[0])
+  assert np.isnan(metrics.colour_variation_correlation(np.ones((1, 4, 4)), image, mask, 4, 0)[0])
+  # By default the rim is left out (erode=2): a 4 x 4 lesion has no interior left.
+  assert np.isnan(metrics.colour_variation_correlation(edge_map, image, mask, 1)[0])
 
 
 def test_a_brightness_edge_is_not_colour_variation():
@@ -113,8 +115,8 @@ def test_a_brightness_edge_is_not_colour_variation():
   np.testing.assert_allclose(metrics.colour_gradient(image), 0.0, atol=1e-6)
   edge_map = np.tile([0.1, 0.9, 0.8, 0.0], (4, 1))[None]
   mask = np.ones((1, 4, 4))
-  assert np.isnan(metrics.colour_variation_correlation(edge_map, image, mask, 4)[0])
-  np.testing.assert_allclose(metrics.luminance_variation_correlation(edge_map, image, mask, 4)[0],
+  assert np.isnan(metrics.colour_variation_correlation(edge_map, image, mask, 4, 0)[0])
+  np.testing.assert_allclose(metrics.luminance_variation_correlation(edge_map, image, mask, 4, 0)[0],
                              2 / np.sqrt(5), atol=1e-9)
 
 
@@ -150,3 +152,22 @@ def test_ssim_matches_an_independent_implementation_on_images_that_differ():
     assert ours == pytest.approx(_ssim_scipy(base, other), abs=2e-5), name
   assert float(metrics.ssim(base[None, ..., None].astype(np.float32),
                             others["other"][None, ..., None].astype(np.float32))[0]) < 0.2
+
+
+def test_the_lesion_rim_and_the_padding_step_are_left_out_of_colour_following():
+  """A lesion touching the black padding of a resized image: the step to black is the
+  largest colour change in the mask, and a map that lights only that rim would look
+  perfectly colour-following. Eroded by 2 px (the default), only the interior counts."""
+  image = np.full((1, 12, 12, 3), [0.55, 0.36, 0.24])   # an evenly brown lesion
+  image[:, :2] = 0.0                                    # black padding above it
+  mask = np.zeros((1, 12, 12))
+  mask[:, 2:, :] = 1                                     # the lesion reaches the padding
+  rim_map = np.zeros((1, 12, 12))
+  rim_map[:, 2] = 1.0                                     # lights only the row next to black
+  assert metrics.colour_variation_correlation(rim_map, image, mask, 4, erode=0)[0] == 1.0
+  assert np.isnan(metrics.colour_variation_correlation(rim_map, image, mask, 4)[0])
+  assert metrics.lesion_interior(mask, 2)[0].sum() == 6 * 8   # rows 4-9, columns 2-9
+  # Inside, a map that follows a colour blotch still scores.
+  image[:, 6:8, 5:7] = [0.42, 0.47, 0.58]               # a blue-grey blotch
+  blotch = metrics.colour_gradient(image)
+  assert metrics.colour_variation_correlation(blotch, image, mask)[0] == 1.0
