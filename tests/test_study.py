@@ -433,3 +433,50 @@ def test_committed_records_of_other_settings_are_refused_not_reused(study_run, t
   other.results_dir = "results/x"                       # relative: under the repository
   assert study.results_path(other) == os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "x")
+
+
+def test_an_interrupted_evaluation_resumes_at_the_next_attack(study_run, tmp_path, monkeypatch):
+  """An evaluation stopped between two attacks (a session's end during hours of AutoAttack)
+  keeps the finished attack's columns and runs only the rest; the result is the same as an
+  uninterrupted evaluation's, and the partial files go once per_image.csv is written."""
+  from lib import sweep
+
+  class SessionEnded(Exception):
+    pass
+
+  s, tmp, _ = study_run
+  rd = study.run_dir(s, str(tmp / "runs"), "plain", 0, 1)
+  labels = [sweep.attack_label(a) for a in s.attacks]
+  real, calls, stop = sweep.run_attack_grid, [], [True]
+
+  def stopping(*args, **kwargs):
+    label = sweep.attack_label(args[4])
+    if label == labels[1] and stop:          # once
+      stop.clear()
+      calls.append("stopped")
+      raise SessionEnded
+    calls.append(label)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(sweep, "run_attack_grid", stopping)
+  out = tmp_path / "eval"
+  with pytest.raises(SessionEnded):
+    study.evaluate_run(s, rd, out_dir=str(out))
+  assert calls == [labels[0], "stopped"]
+  assert sorted(p.name for p in out.iterdir()) == [f"per_image.{labels[0]}.partial.csv"]
+  study.evaluate_run(s, rd, out_dir=str(out))
+  assert calls == [labels[0], "stopped"] + labels[1:]          # the first attack not redone
+  assert sorted(p.name for p in out.iterdir()) == ["per_image.csv"]
+  resumed = study.read_records(str(out / "per_image.csv"))
+  whole = study.read_records(str(study.eval_dir(str(tmp / "runs"), "plain", 0, 1)) + "/per_image.csv")
+  assert list(resumed) == list(whole) and resumed["id"] == whole["id"]
+  for k in whole:
+    if k not in ("id", "group"):
+      np.testing.assert_allclose(resumed[k], whole[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  # A partial file of other images (another fold's) is not taken: the attack runs again.
+  study.write_records({"id": ["x"] * len(resumed["id"]), "group": resumed["group"]},
+                      str(out / f"per_image.{labels[0]}.partial.csv"))
+  (out / "per_image.csv").unlink()
+  calls.clear()
+  study.evaluate_run(s, rd, out_dir=str(out))
+  assert calls == labels

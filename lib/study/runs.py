@@ -69,7 +69,13 @@ def evaluate_run(study, rd: str, *, out_dir: str = "", figures_to: str = "",
   every saliency method ``<method>:<quality>`` (lesion energy, total variation, Gini,
   entropy of :func:`lib.explain_report.map_quality`). Written to
   ``<out_dir or rd>/per_image.csv``.
-  With ``figures_to``, before/after figures of the attacks are written there."""
+  With ``figures_to``, before/after figures of the attacks are written there.
+
+  Each attack's columns are also written, as soon as it ends, to
+  ``per_image.<attack>.partial.csv``: an evaluation interrupted (a session's end, a
+  preemption) resumes at the next attack instead of redoing hours of AutoAttack; the
+  partial files go once ``per_image.csv`` is written. An attack kept this way draws no
+  figure (the ``figures`` stage redraws them)."""
   mesh = parallel.make_mesh(study.get("num_devices", 0))
   config, model, variables = experiment.restore_model(rd, "best", mesh=mesh)
   arrays = data.load_split(config.data, "test", config.image_size)
@@ -87,17 +93,31 @@ def evaluate_run(study, rd: str, *, out_dir: str = "", figures_to: str = "",
          "correct": (probs.argmax(-1) == arrays["label"]).astype(np.float64)}
   acfg = _attack_config(study)
   class_names = data.class_names(config.data)
+  out = out_dir or rd
+  partials = []
   for spec in study.attacks:
+    label = sweep.attack_label(spec)
+    partial = os.path.join(out, f"per_image.{label}.partial.csv")
+    partials.append(partial)
+    kept = _read_partial(partial, rec["id"])
+    # Process 0 decides for all (the others may not see its files); only it writes records.
+    if parallel.agree(kept is not None):   # finished before an interruption: not redone
+      logging.info("%s: %s kept from an interrupted evaluation (%s)", model_name or rd, label,
+                   partial)
+      rec.update(kept or {})
+      continue
     per_image, t0 = {}, time.time()
     _, examples = sweep.run_attack_grid(
         model, variables, arrays, acfg, spec, mesh,
         in_channels=in_channels, keep_examples=study.figure_images if figures_to else 0,
         has_masks=has_masks, per_image=per_image, cache=_COMPILED)
-    label = sweep.attack_label(spec)
     logging.info("%s: %s at %d eps in %.1f s", model_name or rd, label, len(per_image),
                  time.time() - t0)
-    for eps, fields in per_image.items():
-      rec.update({f"{label}@{eps:g}:{k}": v for k, v in fields.items()})
+    cols = {f"{label}@{eps:g}:{k}": v for eps, fields in per_image.items()
+            for k, v in fields.items()}
+    rec.update(cols)
+    os.makedirs(out, exist_ok=True)
+    write_records({"id": rec["id"], "group": rec["group"], **cols}, partial)
     if figures_to and examples:
       _plot_examples(study, spec, arrays, examples, class_names, figures_to, model_name)
   maps = {}
@@ -111,9 +131,24 @@ def evaluate_run(study, rd: str, *, out_dir: str = "", figures_to: str = "",
       base = metrics.trivial_baselines(arrays["mask"])
       rec["baseline:uniform_lesion_energy"] = base["uniform_lesion_energy"].astype(np.float64)
       rec["baseline:centre_pointing_game"] = base["centre_pointing_game"].astype(np.float64)
-  os.makedirs(out_dir or rd, exist_ok=True)
-  write_records(rec, os.path.join(out_dir or rd, "per_image.csv"))
+  os.makedirs(out, exist_ok=True)
+  write_records(rec, os.path.join(out, "per_image.csv"))
+  for partial in partials:      # per_image.csv now holds them
+    if os.path.exists(partial):
+      os.remove(partial)
   return {"records": rec, "arrays": arrays, "maps": maps, "class_names": class_names}
+
+
+def _read_partial(path: str, ids: list[str]) -> dict | None:
+  """The columns of one attack that an interrupted :func:`evaluate_run` wrote to ``path``,
+  or None when there are none or they belong to other images (then the attack runs again)."""
+  if not os.path.exists(path):
+    return None
+  kept = read_records(path)
+  if kept["id"] != list(ids):
+    logging.warning("%s holds other images than this evaluation: attacking again", path)
+    return None
+  return {k: v for k, v in kept.items() if k not in ("id", "group")}
 
 
 def _plot_examples(study, spec, arrays, examples, class_names, figures_to: str,
