@@ -1,36 +1,56 @@
-"""The README's code examples run (those that need no trained run)."""
+"""The code examples of the README and of docs/ run (those that need no trained run), and
+the commands they show name configs that build."""
 
 import os
 import re
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _blocks():
-  with open(os.path.join(ROOT, "README.md")) as f:
-    return re.findall(r"```python\n(.*?)```", f.read(), re.S)
+DOCS = ("README.md", "docs/ATTACKS.md", "docs/TRAINING.md", "docs/DATA.md", "docs/STUDIES.md")
 
 
-def test_attack_example_runs():
-  block = next(b for b in _blocks() if "attacks.pgd" in b)
+def _read(name):
+  with open(os.path.join(ROOT, name)) as f:
+    return f.read()
+
+
+def _blocks(name="README.md"):
+  return re.findall(r"```python\n(.*?)```", _read(name), re.S)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/ATTACKS.md"])
+def test_attack_example_runs(doc):
+  block = next(b for b in _blocks(doc) if "attacks.pgd" in b)
   scope = {}
   exec(block, scope)
   import numpy as np
-  assert np.abs(np.asarray(scope["x_adv"] - scope["x"])).max() <= 0.004 + 1e-6
+  for name in ("x_adv", "x_aa"):
+    if name in scope:
+      assert np.abs(np.asarray(scope[name] - scope["x"])).max() <= 0.004 + 1e-6, name
 
 
-def test_explanation_example_runs():
-  block = next(b for b in _blocks() if "saliency.grad_cam" in b)
+@pytest.mark.parametrize("doc", ["README.md", "docs/ATTACKS.md"])
+def test_explanation_example_runs(doc):
+  block = next(b for b in _blocks(doc) if "saliency.grad_cam" in b)
   scope = {}
   exec(block, scope)
   assert scope["cam"].shape == (4, 32, 32) and scope["rho"].shape == (4,)
 
 
+def test_every_relative_link_of_the_docs_resolves():
+  for name in DOCS + ("docs/SCALING.md", "docs/EXTENDING.md", "docs/DESIGN.md"):
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", _read(name)):
+      path = os.path.normpath(os.path.join(ROOT, os.path.dirname(name), target))
+      assert os.path.exists(path), f"{name} links to {target}, which does not exist"
+
+
 def test_every_study_command_names_a_config_that_builds():
   from lib import study
-  with open(os.path.join(ROOT, "README.md")) as f:
-    commands = re.findall(r"study\.py --config=(configs/studies/\w+\.py:\w+) --workdir=(\S+)",
-                          f.read())
+  commands = re.findall(r"study\.py --config=(configs/studies/\w+\.py:\w+) --workdir=(\S+)",
+                        _read("docs/STUDIES.md"))
   studies = {f"configs/studies/{f}" for f in os.listdir(os.path.join(ROOT, "configs", "studies"))
              if f.endswith(".py") and f not in ("__init__.py", "common.py")}
   assert {spec.split(":")[0] for spec, _ in commands} == studies   # every study has one
