@@ -330,6 +330,9 @@ def test_partial_study_is_summarised_with_what_is_missing(study_run):
   assert out["missing"] == [f"{m}/seed1_fold{f}" for f in (0, 1) for m in ("plain", "mtl")]
   readme = (tmp / "partial" / "README.md").read_text()
   assert "1 of 2 repetitions complete" in readme and "plain/seed1_fold0" in readme
+  verdict_rows = [l for l in readme.split("## Did it hold?")[1].split("## ")[0].splitlines()
+                  if l.startswith("| ") and not l.startswith("| claim")]
+  assert verdict_rows and all("(provisional: 4 runs missing) |" in l for l in verdict_rows)
   rows = {(r["model"], r["metric"]): r for r in out["models"]}
   assert rows["mtl", "auc"]["runs"] == 2 and rows["mtl", "auc"]["images"] == 80
 

@@ -171,8 +171,13 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
   notes = open(notes_path).read() if os.path.exists(notes_path) else ""
   lines = [f"# {study.title}", "", f"**The study's claim.** {study.claim}", ""]
   if verdicts:
+    # A claim judged before every run is in is provisional, and says so in its own cell
+    # (tables copied elsewhere, e.g. results/README.md, keep the mark).
+    provisional = f" (provisional: {len(missing)} runs missing)" if missing else ""
     lines += ["## Did it hold?", "", "Each claim on the mean over fold runs and its 95 % CI "
-              "(a - b for two models, paired; a model's own value against a threshold).", "",
+              "(a - b for two models, paired; a model's own value against a threshold)."
+              + (" **Provisional**: the study is not complete, and verdicts can change as "
+                 "its missing runs come in." if missing else ""), "",
               "| claim | metric | compared | value | 95 % CI | p | verdict |",
               "|---|---|---|---|---|---|---|"]
     for v in verdicts:
@@ -180,7 +185,7 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
       compared = (f"{v['a']} - {v['b']}" if isinstance(v["b"], str) else
                   f"{v['a']} {'>' if v['direction'] == 'greater' else '<'} {v['b']:g}")
       lines.append(f"| {v['text']} | `{v['metric']}` | {compared} | {fmt('value')} | "
-                   f"{fmt('ci_low')} .. {fmt('ci_high')} | {fmt('p')} | **{v['verdict']}** |")
+                   f"{fmt('ci_low')} .. {fmt('ci_high')} | {fmt('p')} | **{v['verdict']}**{provisional} |")
     lines.append("")
   status = (f"{len(complete_reps)} of {len(study.seeds)} repetitions complete"
             + (f"; {len(missing)} run(s) not evaluated yet: {', '.join(missing[:8])}"
