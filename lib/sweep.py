@@ -281,21 +281,27 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter=None, 
   return rows, examples
 
 
+def padded_with_no_label(arrays, todo, batch_size: int) -> dict:
+  """The images ``todo`` (indices into ``arrays``) filling whole batches of ``batch_size``;
+  the rows that pad the last batch repeat the last image with label -1, which no prediction
+  matches: the worst-case attacks count them as broken and spend nothing on them (AutoAttack
+  skips them, Square leaves them out of its compacted queries, APGD-T's loop over targets
+  does not wait for them), where a repeat with its real label would be attacked in full.
+  Their outputs are meant to be dropped."""
+  padded = np.concatenate([todo, np.full(-len(todo) % batch_size, todo[-1])])
+  return {"image": arrays["image"][padded],
+          "label": np.where(np.arange(len(padded)) < len(todo), arrays["label"][padded], -1)}
+
+
 def _attack_images(fn, arrays, todo, previous, config, mesh, args, prepare, desc="") -> dict:
   """``fn``'s per-image outputs on the images ``todo``; the others are ``previous``'s (the
   eps cascade). With no ``previous``, ``todo`` is every image."""
   if previous is not None and len(todo) == 0:
     return {k: v.copy() for k, v in previous.items()}
-  sub = {"image": arrays["image"], "label": arrays["label"]}
-  if previous is not None:
-    # The survivors fill whole batches; the rows that pad the last one carry label -1, which
-    # no prediction matches, so AutoAttack counts them as broken and skips them (repeats
-    # of a survivor would be attacked in full). Their outputs are dropped.
-    padded = np.concatenate([todo, np.full(-len(todo) % config.batch_size, todo[-1])])
-    sub = {"image": arrays["image"][padded],
-           "label": np.where(np.arange(len(padded)) < len(todo), arrays["label"][padded], -1)}
-  out = parallel.map_batches(fn, sub, batch_size=config.batch_size, mesh=mesh, args=args,
+  out = parallel.map_batches(fn, padded_with_no_label(arrays, todo, config.batch_size),
+                             batch_size=config.batch_size, mesh=mesh, args=args,
                              prepare=prepare, desc=desc)
+  out = {k: v[:len(todo)] for k, v in out.items()}
   if previous is None:
     return out
   merged = {k: v.copy() for k, v in previous.items()}

@@ -224,3 +224,27 @@ def test_sweep_on_8_devices_gives_the_numbers_of_one(trained, tmp_path):
         np.testing.assert_allclose(b[k], v, rtol=1e-4, atol=1e-5, err_msg=f"{a['attack']} {a['eps']} {k}")
       else:
         assert b[k] == v
+
+
+def test_rows_padding_the_last_batch_carry_no_label_and_cost_the_worst_case_nothing():
+  """The last batch of a split is padded to the batch size. Repeats of the last image with
+  its real label were attacked in full by Square and AutoAttack (a robust image: the whole
+  query budget, and a Square batch too large to compact); with label -1 they cost one
+  forward pass and are returned unchanged."""
+  from lib import autoattack
+  images = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((5, 2, 2, 1), np.uint8)
+  arrays = {"image": images, "label": np.array([0, 1, 0, 1, 1])}
+  sub = sweep.padded_with_no_label(arrays, np.arange(5), 4)
+  assert sub["label"].tolist() == [0, 1, 0, 1, 1, -1, -1, -1]
+  np.testing.assert_array_equal(sub["image"][5:], images[[4, 4, 4]])
+  sub = sweep.padded_with_no_label(arrays, np.array([1, 3]), 4)     # the cascade's survivors
+  assert sub["label"].tolist() == [1, 1, -1, -1] and sub["image"][:, 0, 0, 0].tolist() == [1, 3, 3, 3]
+  w = jax.random.normal(jax.random.PRNGKey(0), (8 * 8, 2))
+  logits_fn = lambda x: x.reshape(len(x), -1) @ w
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 1))
+  y = logits_fn(x).argmax(-1).at[2:].set(-1)
+  _, used = autoattack.square_attack(logits_fn, x, y, eps=0.01, queries=50,
+                                     key=jax.random.PRNGKey(3))
+  assert np.asarray(used)[2:].tolist() == [1, 1] and np.all(np.asarray(used)[:2] > 1)
+  x_aa = autoattack.autoattack(logits_fn, x, y, eps=0.01, version="fast", key=jax.random.PRNGKey(3))
+  np.testing.assert_array_equal(np.asarray(x_aa)[2:], np.asarray(x)[2:])
