@@ -207,15 +207,6 @@ def random_start(key, x, eps, norm: str):
   return project(x, x + d, eps, norm)
 
 
-def row_random_start(key, x, eps, norm: str, rows):
-  """:func:`random_start` drawn per example from ``fold_in(key, rows[i])``: an example's
-  start depends on its index ``rows[i]`` (e.g. in the whole batch), not on which other
-  examples share the batch or where it sits in it (:func:`on_rows` moves examples)."""
-  eps = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
-  one = lambda r, xi, e: random_start(jax.random.fold_in(key, r), xi[None], e, norm)[0]
-  return jax.vmap(one)(rows, x, eps)
-
-
 def _ascent_direction(g, norm: str):
   """Steepest ascent for the norm: sign(g) for L-inf, g / ||g||_2 for L2."""
   if norm == "linf":
@@ -549,67 +540,17 @@ def apgd(model, x, y, *, eps, steps: int = 100, norm: str = "linf", loss="ce",
                             unroll=unroll)
 
 
-# A compacted attack run (:func:`on_rows`) is compiled once per size: B, B/2 and B/4 for a
-# whole APGD run (its compilation is the costly one), B ... B/16 for a forward pass.
-RUN_HALVINGS = 2
-
-
-def bucket_sizes(batch: int, halvings: int = 4) -> tuple:
-  """The batch sizes :func:`on_rows` computes in: ``batch``, ``batch / 2``, ... (``halvings``
-  times while the halves are whole)."""
-  sizes = [batch]
-  while len(sizes) <= halvings and sizes[-1] % 2 == 0 and sizes[-1] > 1:
-    sizes.append(sizes[-1] // 2)
-  return tuple(sizes)
-
-
-def on_rows(fn: Callable, rows: Array, sizes, inputs, outside):
-  """``fn(inputs)`` computed for the rows where ``rows`` (bool (B,)) is true only: they are
-  moved to the front (a stable permutation) and ``fn`` runs on the smallest prefix of
-  ``sizes`` (descending, from :func:`bucket_sizes`) that holds them, one ``lax.switch``
-  branch (one compilation) per size. The other rows get ``outside``. ``inputs`` and
-  ``outside`` are pytrees of (B, ...) arrays; ``fn`` maps a pytree of (S, ...) arrays to
-  one shaped like ``outside`` with S rows.
-
-  The reference attacks (AutoAttack, torchattacks) run each attack, each target and each
-  Square query on the examples still robust only; with static shapes this is the closest,
-  with at most 2x padding for ``halvings`` halvings. For per-example functions (models in
-  inference mode) a row's result does not depend on the others, up to float rounding and
-  the random draws, which follow the row's position in the prefix."""
-  b = rows.shape[0]
-  inputs, outside = (jax.tree_util.tree_map(jnp.asarray, t) for t in (inputs, outside))
-  perm = jnp.argsort(~rows, stable=True)
-  sub = jax.tree_util.tree_map(lambda a: a[perm], inputs)
-  outside_perm = jax.tree_util.tree_map(lambda a: a[perm], outside)
-
-  def prefix(size):
-    def run(sub):
-      out = fn(jax.tree_util.tree_map(lambda a: a[:size], sub))
-      return jax.tree_util.tree_map(lambda full, o: full.at[:size].set(o.astype(full.dtype)),
-                                    outside_perm, out)
-    return run
-  index = jnp.sum(jnp.asarray(sizes) >= jnp.sum(rows)) - 1   # the smallest size that fits
-  out = jax.lax.switch(jnp.maximum(index, 0), [prefix(s) for s in sizes], sub)
-  rows_b = lambda o: rows.reshape((b,) + (1,) * (o.ndim - 1))
-  return jax.tree_util.tree_map(
-      lambda o, full: jnp.where(rows_b(o), jnp.zeros_like(o).at[perm].set(o), full),
-      out, outside)
-
-
 def apgd_targeted(model, x, y, *, eps, steps: int = 100, targets: int = 9, norm: str = "linf",
-                  key=None, unroll: int = 1, active=None, compact: bool = True):
+                  key=None, unroll: int = 1, active=None):
   """APGD-T (Croce & Hein 2020, AutoAttack's second attack): APGD on the targeted DLR loss
   (:func:`targeted_dlr`) towards the most likely wrong class of the clean image, then the
   second most likely, ... (``targets`` of them, at most K - 1), each run from a random
   start in the ball; per example the first image that is misclassified (as any wrong
-  class), else the clean image (random starts per example: :func:`row_random_start`). The
-  targets are one ``lax.while_loop`` (one compiled
+  class), else the clean image. The targets are one ``lax.while_loop`` (one compiled
   body) that stops once every example is misclassified, as the reference runs each target
   only on the examples still robust. ``active`` (bool
   (B,)): the examples to attack (e.g. those APGD-CE left robust); the others are returned
-  unchanged. With two classes this is one APGD run towards the other class. ``compact``:
-  each target's run covers only the examples still robust (:func:`on_rows`), as the
-  reference's does."""
+  unchanged. With two classes this is one APGD run towards the other class."""
   logits_fn = logits_of(model)
   clean = logits_fn(x)
   wrong = jnp.where(jax.nn.one_hot(y, clean.shape[1], dtype=bool), -jnp.inf, clean)
@@ -618,25 +559,19 @@ def apgd_targeted(model, x, y, *, eps, steps: int = 100, targets: int = 9, norm:
   done = jnp.argmax(clean, -1) != y
   if active is not None:
     done = done | ~active
-  eps_rows = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
-  sizes = bucket_sizes(x.shape[0], RUN_HALVINGS) if compact else (x.shape[0],)
 
   def run(state):
     i, x_adv, done = state
+    target = order[:, i]
 
-    def attack(sub):
-      xs, ys, target, es, rows = sub
-
-      def objective(xa, t):
-        del t
-        logits = logits_fn(xa)
-        value = targeted_dlr(logits, ys, target)
-        return value, value, jnp.argmax(logits, -1) != ys
-      x0 = row_random_start(jax.random.fold_in(key, i), xs, es, norm, rows)
-      return projected_gradient(objective, xs, eps=es, steps=steps, norm=norm,
-                                step=Step("apgd"), start=Start(x_init=x0), unroll=unroll)
-    cand = on_rows(attack, ~done, sizes,
-                   (x, y, order[:, i], eps_rows, jnp.arange(x.shape[0])), x)
+    def objective(xa, t):
+      del t
+      logits = logits_fn(xa)
+      value = targeted_dlr(logits, y, target)
+      return value, value, jnp.argmax(logits, -1) != y
+    cand = projected_gradient(objective, x, eps=eps, steps=steps, norm=norm, step=Step("apgd"),
+                              start=Start(random=True), key=jax.random.fold_in(key, i),
+                              unroll=unroll)
     hit = ~done & (jnp.argmax(logits_fn(cand), -1) != y)
     return i + 1, jnp.where(_broadcast(hit, x), cand, x_adv), done | hit
 

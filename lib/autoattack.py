@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lib import attacks
-from lib.attacks import bucket_sizes, logits_of, on_rows, register_attack
+from lib.attacks import logits_of, register_attack
 
 _TINY = 1e-12
 VERSIONS = {
@@ -84,14 +84,35 @@ def _margin_and_loss(logits, y, loss: str):
   return m, (m if loss == "margin" else -attacks.cross_entropy(logits, y))
 
 
+def bucket_sizes(batch: int, halvings: int = 4) -> tuple:
+  """The batch sizes :func:`compacted_logits` computes in: ``batch``, ``batch / 2``, ...
+  (``halvings`` times while the halves are whole)."""
+  sizes = [batch]
+  while len(sizes) <= halvings and sizes[-1] % 2 == 0 and sizes[-1] > 1:
+    sizes.append(sizes[-1] // 2)
+  return tuple(sizes)
+
+
 def compacted_logits(logits_fn, x, rows, sizes):
   """``logits_fn(x)`` for the rows where ``rows`` is true, in the smallest of ``sizes``
-  (descending, from :func:`lib.attacks.bucket_sizes`) that holds them
-  (:func:`lib.attacks.on_rows`); other rows get zero logits. Per-example networks
-  (BatchNorm in inference mode) give every row the logits of a full batch, up to float
-  rounding."""
-  shape = jax.eval_shape(logits_fn, x)
-  return on_rows(logits_fn, rows, sizes, x, jnp.zeros(shape.shape, shape.dtype))
+  (descending, from :func:`bucket_sizes`) that holds them: the rows are moved to the front
+  (a stable permutation) and a ``lax.switch`` runs the network on that prefix only. Other
+  rows get zero logits. The reference attacks work on the examples not yet fooled only;
+  with static shapes this is the closest, at one compiled forward per size. Per-example
+  networks (BatchNorm in inference mode) give every row the logits of a full batch, up to
+  float rounding."""
+  b = x.shape[0]
+  perm = jnp.argsort(~rows, stable=True)
+  xs = x[perm]
+
+  def prefix(size):
+    def run(xs):
+      logits = logits_fn(xs[:size])
+      return jnp.zeros((b,) + logits.shape[1:], logits.dtype).at[:size].set(logits)
+    return run
+  index = jnp.sum(jnp.asarray(sizes) >= jnp.sum(rows)) - 1   # the smallest size that fits
+  out = jax.lax.switch(jnp.maximum(index, 0), [prefix(s) for s in sizes], xs)
+  return jnp.zeros_like(out).at[perm].set(out)
 
 
 def _window(top, left, side, height: int, width: int):
@@ -271,13 +292,17 @@ def square(model, x, y, *, eps, norm: str = "linf", queries: int = 5000, p_init:
 # ----------------------------------------------------------------------------- the cascade
 
 
-def _apgd_ce(logits_fn, x, y, *, eps, norm, key, rows, steps: int, loss: str):
-  """AutoAttack's first stage: APGD on ``loss`` from a random point of the ball, drawn per
-  example from its index ``rows`` (:func:`lib.attacks.row_random_start`)."""
-  x0 = attacks.row_random_start(key, x, eps, norm, rows)
-  return attacks.projected_gradient(attacks.class_objective(logits_fn, y, loss), x, eps=eps,
-                                    steps=steps, norm=norm, step=attacks.Step("apgd"),
-                                    start=attacks.Start(x_init=x0))
+def _stage(name: str, params: dict, logits_fn, x, y, *, eps, norm, key, active):
+  if name == "square":
+    return square_attack(logits_fn, x, y, eps=eps, norm=norm, key=key, active=active,
+                         **params)[0]
+  if name == "apgd":   # AutoAttack's APGD starts at a random point of the ball
+    objective = attacks.class_objective(logits_fn, y, params["loss"])
+    return attacks.projected_gradient(objective, x, eps=eps, steps=params["steps"], norm=norm,
+                                      step=attacks.Step("apgd"),
+                                      start=attacks.Start(random=True), key=key)
+  return attacks.apgd_targeted(logits_fn, x, y, eps=eps, norm=norm, key=key, active=active,
+                               **params)
 
 
 @register_attack("autoattack", label=("{version}", "{norm}?"))
@@ -286,32 +311,18 @@ def autoattack(model, x, y, *, eps, norm: str = "linf", version: str = "standard
   9 targets) and Square (5000 queries), each only on the examples still classified
   correctly, per example the first success (``version="fast"``: APGD-CE 50 steps + Square
   1000 queries). A stage with no example left is skipped (all of them at eps 0). Images
-  misclassified before any attack are returned unchanged (they count as not robust).
-  Each stage, each APGD-T target and each Square query computes only the examples still
-  robust, packed into the smallest of a few batch sizes (:func:`lib.attacks.on_rows`), as
-  the reference runs each attack on the robust examples only."""
+  misclassified before any attack are returned unchanged (they count as not robust)."""
   if version not in VERSIONS:
     raise ValueError(f"AutoAttack version must be one of {sorted(VERSIONS)}, got {version!r}")
   logits_fn, key = logits_of(model), attacks._key(key)
   # correct and attackable (at eps 0 every stage is skipped)
   robust = (jnp.argmax(logits_fn(x), -1) == y) & (jnp.max(jnp.asarray(eps)) > 0)
   x_adv = x
-  eps_rows = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
-  sizes = attacks.bucket_sizes(x.shape[0], attacks.RUN_HALVINGS)
   for i, (name, params) in enumerate(VERSIONS[version]):
     def run(operands, name=name, params=params, i=i):
       x_adv, robust = operands
-      stage_key = jax.random.fold_in(key, i)
-      if name == "apgd":   # on the examples still robust only, as the reference
-        cand = on_rows(lambda s: _apgd_ce(logits_fn, s[0], s[1], eps=s[2], norm=norm,
-                                          key=stage_key, rows=s[3], **params),
-                       robust, sizes, (x, y, eps_rows, jnp.arange(x.shape[0])), x)
-      elif name == "apgd_t":   # APGD-T and Square compact per target and per query
-        cand = attacks.apgd_targeted(logits_fn, x, y, eps=eps, norm=norm, key=stage_key,
-                                     active=robust, **params)
-      else:
-        cand = square_attack(logits_fn, x, y, eps=eps, norm=norm, key=stage_key,
-                             active=robust, **params)[0]
+      cand = _stage(name, params, logits_fn, x, y, eps=eps, norm=norm,
+                    key=jax.random.fold_in(key, i), active=robust)
       broken = robust & (jnp.argmax(logits_fn(cand), -1) != y)
       return jnp.where(broken[:, None, None, None], cand, x_adv), robust & ~broken
     x_adv, robust = jax.lax.cond(jnp.any(robust), run, lambda o: o, (x_adv, robust))

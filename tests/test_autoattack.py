@@ -99,8 +99,9 @@ def test_autoattack_cascade_is_at_least_as_strong_as_its_first_stage_and_skips_m
   wrong = lambda xa: np.asarray(jnp.argmax(f(xa), -1) != y)
   x_aa = autoattack.autoattack(f, x, y, eps=eps, key=key, version="fast")
   np.testing.assert_array_equal(x_aa[:4], x[:4])      # never attacked, count as not robust
-  first = autoattack._apgd_ce(f, x, y, eps=eps, norm="linf", key=jax.random.fold_in(key, 0),
-                              rows=jnp.arange(24), steps=50, loss="ce")
+  first = attacks.projected_gradient(attacks.class_objective(f, y, "ce"), x, eps=eps, steps=50,
+                                     step=attacks.Step("apgd"), start=attacks.Start(random=True),
+                                     key=jax.random.fold_in(key, 0))
   assert (wrong(x_aa) >= wrong(first)).all()
   # where the cascade did not break an image, it returns it clean
   kept = ~wrong(x_aa)
@@ -114,34 +115,6 @@ def test_autoattack_cascade_is_at_least_as_strong_as_its_first_stage_and_skips_m
   part = attacks.apgd_targeted(f, x, y, eps=eps, steps=20, targets=4, key=key, active=active)
   np.testing.assert_array_equal(np.asarray(part)[~np.asarray(active)], np.asarray(x)[~np.asarray(active)])
   np.testing.assert_array_equal(wrong(part)[np.asarray(active)], wrong(four)[np.asarray(active)])
-
-
-def test_attacks_on_the_robust_rows_only_give_the_results_of_the_whole_batch():
-  """AutoAttack's stages and APGD-T's targets run on the examples still robust only, packed
-  to the front of the smallest of a few batch sizes (lib.attacks.on_rows). Random starts are
-  drawn per example from its index, so an example's result does not depend on the batch."""
-  rows = jnp.array([True, False, False, True, False, True, False, False])
-  x = jnp.arange(8.0)[:, None]
-  calls = []
-
-  def double(sub):
-    calls.append(sub.shape[0])          # traced once per branch
-    return sub * 2
-  out = attacks.on_rows(double, rows, attacks.bucket_sizes(8), x, -x)
-  np.testing.assert_array_equal(np.asarray(out)[:, 0], [0, -1, -2, 6, -4, 10, -6, -7])
-  assert sorted(calls) == [1, 2, 4, 8]        # one branch per size; 3 rows run in the 4-row one
-  f = _linear(classes=5)
-  x = jax.random.uniform(jax.random.PRNGKey(3), (24, 8, 8, 3))
-  y = jnp.argmax(f(x), -1)
-  key, eps = jax.random.PRNGKey(4), 0.01
-  active = jnp.arange(24) % 4 == 0                           # 6 of 24: a 6-row run
-  packed, whole = (attacks.apgd_targeted(f, x, y, eps=eps, steps=20, targets=4, key=key,
-                                         active=active, compact=c) for c in (True, False))
-  np.testing.assert_allclose(np.asarray(packed), np.asarray(whole), atol=1e-6)
-  starts = attacks.row_random_start(key, x, eps, "linf", jnp.arange(24))
-  moved = attacks.row_random_start(key, x[::-1], eps, "linf", jnp.arange(24)[::-1])
-  np.testing.assert_array_equal(np.asarray(moved)[::-1], np.asarray(starts))
-  assert float(jnp.abs(starts - x).max()) <= eps + 1e-7
 
 
 def test_square_and_autoattack_on_the_trained_model(trained):
