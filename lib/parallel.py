@@ -248,18 +248,25 @@ def global_batch(mesh: Mesh, batch):
 
 
 def iterate_batches(fn: Callable, arrays: dict, *, batch_size: int, mesh: Mesh, args=(),
-                    prepare: Callable = lambda b: b, desc: str = "") -> Iterator[tuple]:
+                    prepare: Callable = lambda b: b, desc: str = "",
+                    pad: dict | None = None) -> Iterator[tuple]:
   """``(start, index, outputs, seconds)`` per batch of :func:`map_batches` (outputs on the
   host, padded rows included; ``seconds``: the call until its outputs were ready, without
   preparing inputs or copying outputs), for callers that time or stream batches. With
-  ``desc``, a progress bar in images (:mod:`lib.progress`)."""
+  ``desc``, a progress bar in images (:mod:`lib.progress`). ``pad``: values that the rows
+  padding the last batch take instead of the repeated item's, per key (e.g.
+  ``{"label": -1}``: no label, so the worst-case attacks count them as broken)."""
   if batch_size % mesh.size:
     raise ValueError(f"Batch size {batch_size} is not divisible by the {mesh.size} devices "
                      "of the mesh; change batch_size or num_devices.")
   n = len(next(iter(arrays.values())))
   with progress.bar(n, desc) if desc else progress.silent() as shown:
     for start, idx in padded_batches(n, batch_size):
-      batch = global_batch(mesh, prepare({k: v[idx] for k, v in arrays.items()}))
+      rows = {k: v[idx] for k, v in arrays.items()}
+      padding = np.arange(start, start + batch_size) >= n
+      for k, value in (pad or {}).items():
+        rows[k] = np.where(padding.reshape((-1,) + (1,) * (rows[k].ndim - 1)), value, rows[k])
+      batch = global_batch(mesh, prepare(rows))
       t0 = time.perf_counter()
       out = jax.block_until_ready(fn(*args, batch, np.int32(start)))
       seconds = time.perf_counter() - t0
@@ -268,15 +275,16 @@ def iterate_batches(fn: Callable, arrays: dict, *, batch_size: int, mesh: Mesh, 
 
 
 def map_batches(fn: Callable, arrays: dict, *, batch_size: int, mesh: Mesh, args=(),
-                prepare: Callable = lambda b: b, desc: str = ""):
+                prepare: Callable = lambda b: b, desc: str = "", pad: dict | None = None):
   """Runs ``fn(*args, batch, start)`` (from :func:`jit_batched`) over ``arrays`` (a dict of
   host-global numpy arrays with one leading axis, e.g. a split) in padded batches of
   ``batch_size``; ``prepare`` turns a dict of rows into ``fn``'s batch (e.g. uint8 images
   to model inputs). Returns ``fn``'s per-example outputs (any pytree of (B, ...) arrays)
   concatenated over batches and trimmed to the number of examples, as numpy, on every
   process. The numbers do not depend on the batch size or the number of devices when
-  ``fn`` is per-example. ``desc``: a progress bar (:mod:`lib.progress`)."""
+  ``fn`` is per-example. ``desc``: a progress bar (:mod:`lib.progress`); ``pad``: see
+  :func:`iterate_batches`."""
   n = len(next(iter(arrays.values())))
   outs = [o for _, _, o, _ in iterate_batches(fn, arrays, batch_size=batch_size, mesh=mesh,
-                                            args=args, prepare=prepare, desc=desc)]
+                                            args=args, prepare=prepare, desc=desc, pad=pad)]
   return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:n], *outs)

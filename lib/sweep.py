@@ -281,27 +281,21 @@ def run_attack_grid(model, variables, arrays, config, spec, mesh, counter=None, 
   return rows, examples
 
 
-def padded_with_no_label(arrays, todo, batch_size: int) -> dict:
-  """The images ``todo`` (indices into ``arrays``) filling whole batches of ``batch_size``;
-  the rows that pad the last batch repeat the last image with label -1, which no prediction
-  matches: the worst-case attacks count them as broken and spend nothing on them (AutoAttack
-  skips them, Square leaves them out of its compacted queries, APGD-T's loop over targets
-  does not wait for them), where a repeat with its real label would be attacked in full.
-  Their outputs are meant to be dropped."""
-  padded = np.concatenate([todo, np.full(-len(todo) % batch_size, todo[-1])])
-  return {"image": arrays["image"][padded],
-          "label": np.where(np.arange(len(padded)) < len(todo), arrays["label"][padded], -1)}
-
-
 def _attack_images(fn, arrays, todo, previous, config, mesh, args, prepare, desc="") -> dict:
   """``fn``'s per-image outputs on the images ``todo``; the others are ``previous``'s (the
   eps cascade). With no ``previous``, ``todo`` is every image."""
   if previous is not None and len(todo) == 0:
     return {k: v.copy() for k, v in previous.items()}
-  out = parallel.map_batches(fn, padded_with_no_label(arrays, todo, config.batch_size),
-                             batch_size=config.batch_size, mesh=mesh, args=args,
-                             prepare=prepare, desc=desc)
-  out = {k: v[:len(todo)] for k, v in out.items()}
+  sub = {"image": arrays["image"], "label": arrays["label"]}
+  if previous is not None:                 # the cascade's survivors fill whole batches
+    sub = {k: v[todo] for k, v in sub.items()}
+  # The rows that pad the last batch carry label -1, which no prediction matches: AutoAttack
+  # counts them as broken (a stage left with only those is skipped, APGD-T's loop over
+  # targets does not wait for them) and Square leaves them out of its compacted queries,
+  # where repeats of the last image with its label were attacked in full. Attacks of fixed
+  # shape (PGD, APGD-CE) still compute them. Their outputs are dropped.
+  out = parallel.map_batches(fn, sub, batch_size=config.batch_size, mesh=mesh, args=args,
+                             prepare=prepare, desc=desc, pad={"label": -1})
   if previous is None:
     return out
   merged = {k: v.copy() for k, v in previous.items()}

@@ -70,6 +70,9 @@ def study_section(name: str) -> str:
     status += f", {missing.group(1)} runs still to evaluate (partial)"
   lines = [f"### [{title}]({name}/README.md)", "", f"`{name}`: {status}.", ""]
   verdicts = _verdicts(readme)
+  if missing:   # a study summarised before verdicts carried the mark themselves
+    verdicts = [v if "(provisional" in v else
+                v[:-2] + f" (provisional: {missing.group(1)} run(s) missing) |" for v in verdicts]
   if verdicts:
     lines += ["| claim | compared | value | 95 % CI | verdict |", "|---|---|---|---|---|",
               *verdicts, ""]

@@ -41,7 +41,8 @@ def test_explanation_example_runs(doc):
 
 
 def test_every_relative_link_of_the_docs_resolves():
-  for name in DOCS + ("docs/SCALING.md", "docs/EXTENDING.md", "docs/DESIGN.md"):
+  for name in DOCS + ("docs/SCALING.md", "docs/EXTENDING.md", "docs/DESIGN.md",
+                      "results/README.md", "results/discussion.md"):
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", _read(name)):
       path = os.path.normpath(os.path.join(ROOT, os.path.dirname(name), target))
       assert os.path.exists(path), f"{name} links to {target}, which does not exist"

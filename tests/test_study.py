@@ -332,7 +332,7 @@ def test_partial_study_is_summarised_with_what_is_missing(study_run):
   assert "1 of 2 repetitions complete" in readme and "plain/seed1_fold0" in readme
   verdict_rows = [l for l in readme.split("## Did it hold?")[1].split("## ")[0].splitlines()
                   if l.startswith("| ") and not l.startswith("| claim")]
-  assert verdict_rows and all("(provisional: 4 runs missing) |" in l for l in verdict_rows)
+  assert verdict_rows and all("(provisional: 4 run(s) missing) |" in l for l in verdict_rows)
   rows = {(r["model"], r["metric"]): r for r in out["models"]}
   assert rows["mtl", "auc"]["runs"] == 2 and rows["mtl", "auc"]["images"] == 80
 
@@ -441,8 +441,11 @@ def test_committed_records_of_other_settings_are_refused_not_reused(study_run, t
 def test_an_interrupted_evaluation_resumes_at_the_next_attack(study_run, tmp_path, monkeypatch):
   """An evaluation stopped between two attacks (a session's end during hours of AutoAttack)
   keeps the finished attack's columns and runs only the rest; the result is the same as an
-  uninterrupted evaluation's, and the partial files go once per_image.csv is written."""
-  from lib import sweep
+  uninterrupted evaluation's, the time counts both parts, the figure is redrawn, and the
+  partial files go once per_image.csv is written. A partial made with other settings or of
+  other images is not taken."""
+  from lib import experiment, sweep
+  from lib.study import runs
 
   class SessionEnded(Exception):
     pass
@@ -458,28 +461,47 @@ def test_an_interrupted_evaluation_resumes_at_the_next_attack(study_run, tmp_pat
       stop.clear()
       calls.append("stopped")
       raise SessionEnded
-    calls.append(label)
+    calls.append((label, len(args[2]["label"])))
     return real(*args, **kwargs)
 
   monkeypatch.setattr(sweep, "run_attack_grid", stopping)
-  out = tmp_path / "eval"
+  out, figs = tmp_path / "eval", tmp_path / "figures"
+  figs.mkdir()
+  n = len(study.read_records(str(study.eval_dir(str(tmp / "runs"), "plain", 0, 1)) + "/per_image.csv")["id"])
   with pytest.raises(SessionEnded):
-    study.evaluate_run(s, rd, out_dir=str(out))
-  assert calls == [labels[0], "stopped"]
-  assert sorted(p.name for p in out.iterdir()) == [f"per_image.{labels[0]}.partial.csv"]
-  study.evaluate_run(s, rd, out_dir=str(out))
-  assert calls == [labels[0], "stopped"] + labels[1:]          # the first attack not redone
-  assert sorted(p.name for p in out.iterdir()) == ["per_image.csv"]
+    study.evaluate_once(s, rd, str(out), "plain", figures_to=str(figs))
+  assert calls == [(labels[0], n), "stopped"]
+  partial = sorted(p.name for p in out.iterdir())
+  assert len(partial) == 2 and partial[0].startswith("per_image.partial-")
+  assert {p.suffix for p in out.iterdir()} == {".csv", ".json"}
+  first_seconds = json.loads(next(out.glob("*.json")).read_text())["seconds"]
+  (figs / f"examples_plain_{labels[0]}.png").unlink()
+  study.evaluate_once(s, rd, str(out), "plain", figures_to=str(figs))
+  # the first attack not redone: only its figure, on the figure images
+  assert calls[2:] == [(labels[0], s.figure_images)] + [(l, n) for l in labels[1:]]
+  assert sorted(p.name for p in out.iterdir()) == ["eval_time.json", "per_image.csv"]
+  assert (figs / f"examples_plain_{labels[0]}.png").exists()
+  assert json.loads((out / "eval_time.json").read_text())["seconds"] >= first_seconds
   resumed = study.read_records(str(out / "per_image.csv"))
   whole = study.read_records(str(study.eval_dir(str(tmp / "runs"), "plain", 0, 1)) + "/per_image.csv")
   assert list(resumed) == list(whole) and resumed["id"] == whole["id"]
   for k in whole:
     if k not in ("id", "group"):
       np.testing.assert_allclose(resumed[k], whole[k], rtol=1e-5, atol=1e-6, err_msg=k)
-  # A partial file of other images (another fold's) is not taken: the attack runs again.
-  study.write_records({"id": ["x"] * len(resumed["id"]), "group": resumed["group"]},
-                      str(out / f"per_image.{labels[0]}.partial.csv"))
+  # A partial of other images (another fold's) is not taken: the attack runs again.
+  acfg = runs._attack_config(s)
+  path = runs._partial_path(str(out), experiment.checkpoint_id(rd), s.attacks[0], acfg)
+  study.write_records({"id": ["x"] * n, "group": resumed["group"]}, path)
+  (tmp_path / "p.json").write_text('{"seconds": 1.0}')
+  os.replace(tmp_path / "p.json", path[:-4] + ".json")
   (out / "per_image.csv").unlink()
   calls.clear()
   study.evaluate_run(s, rd, out_dir=str(out))
-  assert calls == labels
+  assert [c[0] for c in calls] == labels
+  # Other settings (here another eps grid) give another file: never taken for these.
+  other = s.copy_and_resolve_references()
+  other.eps = tuple(s.eps) + (0.016,)
+  assert runs._partial_path(str(out), "c", s.attacks[0], runs._attack_config(other)) != \
+      runs._partial_path(str(out), "c", s.attacks[0], acfg)
+  assert runs._partial_path(str(out), "c@1", s.attacks[0], acfg) != \
+      runs._partial_path(str(out), "c@2", s.attacks[0], acfg)

@@ -231,14 +231,16 @@ def test_rows_padding_the_last_batch_carry_no_label_and_cost_the_worst_case_noth
   its real label were attacked in full by Square and AutoAttack (a robust image: the whole
   query budget, and a Square batch too large to compact); with label -1 they cost one
   forward pass and are returned unchanged."""
-  from lib import autoattack
+  from lib import autoattack, parallel
   images = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((5, 2, 2, 1), np.uint8)
   arrays = {"image": images, "label": np.array([0, 1, 0, 1, 1])}
-  sub = sweep.padded_with_no_label(arrays, np.arange(5), 4)
-  assert sub["label"].tolist() == [0, 1, 0, 1, 1, -1, -1, -1]
-  np.testing.assert_array_equal(sub["image"][5:], images[[4, 4, 4]])
-  sub = sweep.padded_with_no_label(arrays, np.array([1, 3]), 4)     # the cascade's survivors
-  assert sub["label"].tolist() == [1, 1, -1, -1] and sub["image"][:, 0, 0, 0].tolist() == [1, 3, 3, 3]
+  seen = parallel.map_batches(lambda b, start: b, arrays, batch_size=4,
+                              mesh=parallel.make_mesh(1), pad={"label": -1})
+  assert seen["label"].tolist() == [0, 1, 0, 1, 1]            # trimmed to the real rows
+  rows = [b for _, _, b, _ in parallel.iterate_batches(
+      lambda b, start: b, arrays, batch_size=4, mesh=parallel.make_mesh(1), pad={"label": -1})]
+  assert rows[1]["label"].tolist() == [1, -1, -1, -1]
+  np.testing.assert_array_equal(rows[1]["image"][1:], images[[4, 4, 4]])
   w = jax.random.normal(jax.random.PRNGKey(0), (8 * 8, 2))
   logits_fn = lambda x: x.reshape(len(x), -1) @ w
   x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 1))

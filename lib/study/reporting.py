@@ -173,7 +173,7 @@ def write_readme(study, results_dir, model_table, comparison_table, verdicts, mi
   if verdicts:
     # A claim judged before every run is in is provisional, and says so in its own cell
     # (tables copied elsewhere, e.g. results/README.md, keep the mark).
-    provisional = f" (provisional: {len(missing)} runs missing)" if missing else ""
+    provisional = f" (provisional: {len(missing)} run(s) missing)" if missing else ""
     lines += ["## Did it hold?", "", "Each claim on the mean over fold runs and its 95 % CI "
               "(a - b for two models, paired; a model's own value against a threshold)."
               + (" **Provisional**: the study is not complete, and verdicts can change as "

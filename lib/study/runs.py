@@ -9,6 +9,9 @@ and README by :mod:`lib.study.reporting`).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import os
 import time
@@ -72,10 +75,13 @@ def evaluate_run(study, rd: str, *, out_dir: str = "", figures_to: str = "",
   With ``figures_to``, before/after figures of the attacks are written there.
 
   Each attack's columns are also written, as soon as it ends, to
-  ``per_image.<attack>.partial.csv``: an evaluation interrupted (a session's end, a
-  preemption) resumes at the next attack instead of redoing hours of AutoAttack; the
-  partial files go once ``per_image.csv`` is written. An attack kept this way draws no
-  figure (the ``figures`` stage redraws them)."""
+  ``per_image.partial-<fingerprint>.csv`` (the fingerprint: the checkpoint, the attack with
+  every parameter, the study's eps grid and map settings; :func:`_partial_path`): an
+  evaluation interrupted (a session's end, a preemption) resumes at the next attack instead
+  of redoing hours of AutoAttack, and a partial made with other settings is never taken.
+  An attack taken back this way redraws its figure on the few figure images only; its
+  seconds count in ``kept_seconds``. The partial files go once ``per_image.csv`` is
+  written."""
   mesh = parallel.make_mesh(study.get("num_devices", 0))
   config, model, variables = experiment.restore_model(rd, "best", mesh=mesh)
   arrays = data.load_split(config.data, "test", config.image_size)
@@ -94,30 +100,35 @@ def evaluate_run(study, rd: str, *, out_dir: str = "", figures_to: str = "",
   acfg = _attack_config(study)
   class_names = data.class_names(config.data)
   out = out_dir or rd
-  partials = []
+  checkpoint, kept_seconds = experiment.checkpoint_id(rd, "best"), 0.0
   for spec in study.attacks:
     label = sweep.attack_label(spec)
-    partial = os.path.join(out, f"per_image.{label}.partial.csv")
-    partials.append(partial)
-    kept = _read_partial(partial, rec["id"])
+    partial = _partial_path(out, checkpoint, spec, acfg)
+    kept = _read_partial(partial, rec["id"]) if files.is_writer() else None
     # Process 0 decides for all (the others may not see its files); only it writes records.
     if parallel.agree(kept is not None):   # finished before an interruption: not redone
       logging.info("%s: %s kept from an interrupted evaluation (%s)", model_name or rd, label,
                    partial)
-      rec.update(kept or {})
+      cols, seconds = kept if kept is not None else ({}, 0.0)
+      rec.update(cols)
+      kept_seconds += seconds
+      if figures_to:
+        _plot_figure_examples(study, spec, model, variables, arrays, acfg, mesh, class_names,
+                              figures_to, model_name, in_channels, has_masks)
       continue
     per_image, t0 = {}, time.time()
     _, examples = sweep.run_attack_grid(
         model, variables, arrays, acfg, spec, mesh,
         in_channels=in_channels, keep_examples=study.figure_images if figures_to else 0,
         has_masks=has_masks, per_image=per_image, cache=_COMPILED)
-    logging.info("%s: %s at %d eps in %.1f s", model_name or rd, label, len(per_image),
-                 time.time() - t0)
+    seconds = time.time() - t0
+    logging.info("%s: %s at %d eps in %.1f s", model_name or rd, label, len(per_image), seconds)
     cols = {f"{label}@{eps:g}:{k}": v for eps, fields in per_image.items()
             for k, v in fields.items()}
     rec.update(cols)
     os.makedirs(out, exist_ok=True)
     write_records({"id": rec["id"], "group": rec["group"], **cols}, partial)
+    files.atomic_json(partial[:-len(".csv")] + ".json", {"attack": label, "seconds": seconds})
     if figures_to and examples:
       _plot_examples(study, spec, arrays, examples, class_names, figures_to, model_name)
   maps = {}
@@ -133,22 +144,52 @@ def evaluate_run(study, rd: str, *, out_dir: str = "", figures_to: str = "",
       rec["baseline:centre_pointing_game"] = base["centre_pointing_game"].astype(np.float64)
   os.makedirs(out, exist_ok=True)
   write_records(rec, os.path.join(out, "per_image.csv"))
-  for partial in partials:      # per_image.csv now holds them
-    if os.path.exists(partial):
-      os.remove(partial)
-  return {"records": rec, "arrays": arrays, "maps": maps, "class_names": class_names}
+  if files.is_writer():       # per_image.csv now holds them (and stale ones go too)
+    for name in os.listdir(out):
+      if name.startswith("per_image.partial-"):
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(os.path.join(out, name))
+  return {"records": rec, "arrays": arrays, "maps": maps, "class_names": class_names,
+          "kept_seconds": kept_seconds}
 
 
-def _read_partial(path: str, ids: list[str]) -> dict | None:
-  """The columns of one attack that an interrupted :func:`evaluate_run` wrote to ``path``,
-  or None when there are none or they belong to other images (then the attack runs again)."""
+def _partial_path(out: str, checkpoint: str, spec, acfg) -> str:
+  """Where :func:`evaluate_run` keeps one attack's columns until ``per_image.csv`` is
+  written; the name fingerprints what the numbers depend on (checkpoint, attack and every
+  parameter, eps grid, cascade and map settings), not the attack's label."""
+  what = json.dumps([checkpoint, sweep.attack_key(spec), acfg.to_dict()], sort_keys=True,
+                    default=str)
+  return os.path.join(out, f"per_image.partial-{hashlib.sha1(what.encode()).hexdigest()[:16]}.csv")
+
+
+def _read_partial(path: str, ids: list[str]) -> tuple[dict, float] | None:
+  """(columns, seconds) of one attack that an interrupted :func:`evaluate_run` wrote to
+  ``path``, or None when there are none, they belong to other images or cannot be read
+  (then the attack runs again)."""
   if not os.path.exists(path):
     return None
-  kept = read_records(path)
+  try:
+    kept = read_records(path)
+    seconds = float(files.read_json(path[:-len(".csv")] + ".json")["seconds"])
+  except (OSError, ValueError, KeyError) as e:
+    logging.warning("%s cannot be read (%s): attacking again", path, e)
+    return None
   if kept["id"] != list(ids):
     logging.warning("%s holds other images than this evaluation: attacking again", path)
     return None
-  return {k: v for k, v in kept.items() if k not in ("id", "group")}
+  return {k: v for k, v in kept.items() if k not in ("id", "group")}, seconds
+
+
+def _plot_figure_examples(study, spec, model, variables, arrays, acfg, mesh, class_names,
+                          figures_to: str, model_name: str, in_channels: int,
+                          has_masks: bool) -> None:
+  """The before/after figure of one attack, from a run on the ``figure_images`` test images
+  that :func:`lib.data.example_indices` picks (both classes in turn) only."""
+  shown = data.take(arrays, data.example_indices(arrays["label"], study.figure_images))
+  _, examples = sweep.run_attack_grid(
+      model, variables, shown, acfg, spec, mesh, in_channels=in_channels,
+      keep_examples=len(shown["label"]), has_masks=has_masks, cache=_COMPILED)
+  _plot_examples(study, spec, shown, examples, class_names, figures_to, model_name)
 
 
 def _plot_examples(study, spec, arrays, examples, class_names, figures_to: str,
@@ -184,14 +225,11 @@ def plot_figures(study, workdir: str, results_dir: str, seed: int) -> None:
           "not a finished run: train it first or pick another --config.figure_seed.")
     config, model, variables = experiment.restore_model(rd, "best", mesh=mesh)
     arrays = data.load_split(config.data, "test", config.image_size)
-    arrays = data.take(arrays, data.example_indices(arrays["label"], study.figure_images))
-    class_names = data.class_names(config.data)
     for spec in study.attacks:
-      _, examples = sweep.run_attack_grid(
-          model, variables, arrays, acfg, spec, mesh,
-          in_channels=config.model.in_channels, keep_examples=len(arrays["label"]),
-          has_masks=data.DATASETS[config.data.name].has_masks, cache=_COMPILED)
-      _plot_examples(study, spec, arrays, examples, class_names, results_dir, m.name)
+      _plot_figure_examples(study, spec, model, variables, arrays, acfg, mesh,
+                            data.class_names(config.data), results_dir, m.name,
+                            config.model.in_channels,
+                            data.DATASETS[config.data.name].has_masks)
   plot_first_fold_maps(study, workdir, results_dir, seed=seed, overwrite=True)
   files.atomic_json(os.path.join(results_dir, "figures.json"), {"seed": seed, "fold": 0})
 
@@ -203,8 +241,9 @@ def evaluate_once(study, rd: str, out_dir: str, model_name: str, *,
     return
   logging.info("Study %s: evaluating %s -> %s", study.name, rd, out_dir)
   t0 = time.time()
-  evaluate_run(study, rd, out_dir=out_dir, figures_to=figures_to, model_name=model_name)
-  files.atomic_json(os.path.join(out_dir, "eval_time.json"), {"seconds": time.time() - t0})
+  done = evaluate_run(study, rd, out_dir=out_dir, figures_to=figures_to, model_name=model_name)
+  files.atomic_json(os.path.join(out_dir, "eval_time.json"),
+                    {"seconds": time.time() - t0 + done["kept_seconds"]})
 
 
 def plot_first_fold_maps(study, workdir: str, results_dir: str, *, seed: int | None = None,
