@@ -30,6 +30,46 @@ def test_corrected_t_matches_the_formula_and_is_wider_than_the_naive_interval():
   assert study.corrected_t([0.1, 0.1, 0.1], 0.25).p == 0.0
 
 
+def test_intervals_of_proportions_stay_in_their_range_and_verdicts_do_not_change():
+  # Five folds spread widely: the t interval of a sensitivity (0.59) leaves [0, 1].
+  sens = [0.05, 0.95, 0.50, 0.90, 0.55]
+  raw = study.corrected_t(sens, test_fraction=0.25)
+  assert raw.low < 0.0 or raw.high > 1.0
+  rng = np.random.default_rng(1)
+  recs = {}
+  for fold, s in enumerate(sens):
+    hit = (np.arange(20) < round(20 * s)).astype(float)        # adv_correct: a 0/1 column
+    for model, shift in (("a", 0.0), ("b", 0.3)):
+      recs[model, 0, fold] = {"id": [str(i) for i in range(20)], "adv_correct": hit,
+                              "tv": rng.normal(5, 3, 20) + 10 * shift}
+  rows = study.summary_rows(recs, {"a": [], "b": []}, ["a", "b"],
+                            ("mean:adv_correct", "mean:tv"), (("a", "b"),), folds=5, n_boot=10)
+  own = {(r["metric"], r["model"]): r for r in rows.models}
+  prop = own["mean:adv_correct", "a"]
+  assert prop["mean"] == pytest.approx(raw.value, abs=0.03)
+  assert 0.0 <= prop["ci_low"] < prop["mean"] < prop["ci_high"] <= 1.0
+  assert prop["ci_low"] == 0.0 or prop["ci_high"] == 1.0
+  tv = own["mean:tv", "a"]                  # not a proportion: the t interval as it is
+  assert (tv["ci_low"], tv["ci_high"]) == pytest.approx(
+      (lambda e: (e.low, e.high))(study.corrected_t(
+          [recs["a", 0, f]["tv"].mean() for f in range(5)], 0.25)))
+  assert study.metric_range("mean:tv", recs.values()) == (-np.inf, np.inf)
+  assert study.metric_range("auc", ()) == (0.0, 1.0)
+  assert study.metric_range("sensitivity_at_specificity:0.9", ()) == (0.0, 1.0)
+  assert study.metric_range("median:pgd-10@0.004:spearman", ()) == (-1.0, 1.0)
+  assert study.metric_range("mean:gradient:lesion_energy", ()) == (0.0, 1.0)
+  assert study.metric_range("mean:gradient:entropy", ()) == (-np.inf, np.inf)
+  diff = next(r for r in rows.comparisons if r["metric"] == "mean:adv_correct")
+  assert -1.0 <= diff["ci_low"] <= diff["ci_high"] <= 1.0
+  # The claimed boundaries lie inside the range, so cutting changes no verdict.
+  for b in (0.1, 0.5, 0.9):
+    for direction in ("greater", "less"):
+      claim = dict(text="", metric="mean:adv_correct", a="a", b=b, direction=direction)
+      cut = study.judge(claim, rows.comparisons, rows.models)["verdict"]
+      uncut = study.judge(claim, [], [dict(prop, ci_low=raw.low, ci_high=raw.high)])["verdict"]
+      assert cut == uncut
+
+
 def test_group_bootstrap_resamples_groups_and_pairs_images():
   rng = np.random.default_rng(0)
   n = 200

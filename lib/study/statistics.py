@@ -17,6 +17,14 @@ Per model and metric (:func:`summary_rows`):
 and for each comparison ``a - b`` the same two, paired: the corrected resampled t-test
 over the fold runs and a paired group bootstrap over the out-of-fold images.
 
+A t interval can leave the range a metric can take (a sensitivity of 0.59 from five
+widely spread folds gets 0.02 .. 1.15). Corrected-t intervals of bounded metrics (the
+classification metrics and the mean or median of a 0/1 column such as ``adv_correct`` or
+of a fraction in [0, 1]; correlations in [-1, 1]: :data:`BOUNDED`, :func:`metric_range`)
+are therefore cut to that range, those of differences to the range of a difference.
+Cutting keeps the coverage (the true value always lies in the range) and cannot change a
+verdict (the claimed boundaries lie inside it).
+
 numpy and scipy only: this module imports no JAX (the tables can be recomputed from the
 committed ``per_image_*.csv`` on any machine).
 """
@@ -56,6 +64,37 @@ def metric_fn(name: str) -> Callable[[dict, np.ndarray], float]:
                      f"'{SENS_AT_SPEC}:<level>', 'mean:<column>' or 'median:<column>'.")
   reduce = np.nanmean if how == "mean" else np.nanmedian
   return lambda rec, idx: float(reduce(rec[column][idx]))
+
+
+# The range of per-image columns by their last name part (``gradient:colour_rho``,
+# ``pgd-10@0.004:spearman``): fractions and correlations.
+BOUNDED = {**dict.fromkeys(("lesion_energy", "lesion_energy_clean", "lesion_energy_adv",
+                            "uniform_lesion_energy", "top_k_intersection", "gini",
+                            "adv_prob", "prob"), (0.0, 1.0)),
+           **dict.fromkeys(("spearman", "pearson", "map_ssim", "colour_rho",
+                            "luminance_rho"), (-1.0, 1.0))}
+
+
+def metric_range(metric: str, records) -> tuple[float, float]:
+  """The values ``metric`` can take: ``(0, 1)`` for a proportion (:data:`CLASSIFICATION`,
+  sensitivity at a specificity, the mean or median of a column whose finite values in
+  every one of ``records`` are 0 or 1), the :data:`BOUNDED` range of a fraction or a
+  correlation, ``(-inf, inf)`` otherwise."""
+  if metric in CLASSIFICATION or metric.startswith(f"{SENS_AT_SPEC}:"):
+    return 0.0, 1.0
+  column = metric.partition(":")[2]
+  if column.rpartition(":")[2] in BOUNDED:
+    return BOUNDED[column.rpartition(":")[2]]
+  values = [np.asarray(r[column], np.float64) for r in records if column in r]
+  if values and all(np.isin(v[np.isfinite(v)], (0.0, 1.0)).all() for v in values):
+    return 0.0, 1.0
+  return -np.inf, np.inf
+
+
+def clipped(e: "Estimate", low: float, high: float) -> "Estimate":
+  """``e`` with its interval cut to ``[low, high]`` (see the module docstring)."""
+  return dataclasses.replace(e, low=float(np.clip(e.low, low, high)),
+                             high=float(np.clip(e.high, low, high)))
 
 
 def has_column(rec: dict, metric: str) -> bool:
@@ -147,6 +186,7 @@ def summary_rows(recs: dict, pooled: dict, names: list[str], metrics, comparison
   per_run, model_rows, comparison_rows = [], [], []
   for metric in metrics:
     fn = metric_fn(metric)
+    low, high = metric_range(metric, recs.values())
     values = {}
     for (n, s, f), r in sorted(recs.items(), key=lambda kv: kv[0][1:]):
       if has_column(r, metric):
@@ -156,7 +196,7 @@ def summary_rows(recs: dict, pooled: dict, names: list[str], metrics, comparison
     for n in names:
       if n not in values:
         continue
-      ci = corrected_t(list(values[n].values()), test_fraction)
+      ci = clipped(corrected_t(list(values[n].values()), test_fraction), low, high)
       row = {"metric": metric, "model": n, "mean": ci.value, "ci_low": ci.low,
              "ci_high": ci.high, "runs": len(values[n])}
       if pooled[n] and has_column(pooled[n][0], metric):
@@ -171,7 +211,7 @@ def summary_rows(recs: dict, pooled: dict, names: list[str], metrics, comparison
       diffs = [values[a][k] - values[b][k] for k in both]
       if not diffs:
         continue
-      ci = corrected_t(diffs, test_fraction)
+      ci = clipped(corrected_t(diffs, test_fraction), low - high, high - low)
       row = {"metric": metric, "a": a, "b": b, "diff": ci.value, "ci_low": ci.low,
              "ci_high": ci.high, "p_corrected_t": ci.p,
              "a_wins": int(sum(x > 0 for x in diffs)), "runs": len(diffs)}
