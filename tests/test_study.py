@@ -37,9 +37,10 @@ def test_intervals_of_proportions_stay_in_their_range_and_verdicts_do_not_change
   assert raw.low < 0.0 or raw.high > 1.0
   rng = np.random.default_rng(1)
   recs = {}
-  for fold, s in enumerate(sens):
-    hit = (np.arange(20) < round(20 * s)).astype(float)        # adv_correct: a 0/1 column
-    for model, shift in (("a", 0.0), ("b", 0.3)):
+  other = [0.95, 0.05, 0.50, 0.10, 0.45]        # model b: differences -0.9 .. 0.9
+  for fold, (s, o) in enumerate(zip(sens, other)):
+    for model, shift, share in (("a", 0.0, s), ("b", 0.3, o)):
+      hit = (np.arange(20) < round(20 * share)).astype(float)   # adv_correct: a 0/1 column
       recs[model, 0, fold] = {"id": [str(i) for i in range(20)], "adv_correct": hit,
                               "tv": rng.normal(5, 3, 20) + 10 * shift}
   rows = study.summary_rows(recs, {"a": [], "b": []}, ["a", "b"],
@@ -59,8 +60,11 @@ def test_intervals_of_proportions_stay_in_their_range_and_verdicts_do_not_change
   assert study.metric_range("median:pgd-10@0.004:spearman", ()) == (-1.0, 1.0)
   assert study.metric_range("mean:gradient:lesion_energy", ()) == (0.0, 1.0)
   assert study.metric_range("mean:gradient:entropy", ()) == (-np.inf, np.inf)
+  raw_diff = study.corrected_t(np.subtract(sens, other), test_fraction=0.25)
+  assert raw_diff.low < -1.0 and raw_diff.high > 1.0
   diff = next(r for r in rows.comparisons if r["metric"] == "mean:adv_correct")
-  assert -1.0 <= diff["ci_low"] <= diff["ci_high"] <= 1.0
+  assert diff["diff"] == pytest.approx(raw_diff.value)
+  assert (diff["ci_low"], diff["ci_high"]) == (-1.0, 1.0)
   # The claimed boundaries lie inside the range, so cutting changes no verdict.
   for b in (0.1, 0.5, 0.9):
     for direction in ("greater", "less"):

@@ -53,8 +53,8 @@ _EXPORTS = {
              "check_committed_records"),
     "records": ("write_records", "read_records", "committed_records", "out_of_fold",
                 "with_folds"),
-    "statistics": ("SENS_AT_SPEC", "CLASSIFICATION", "metric_fn", "metric_range", "has_column", "Estimate",
-                   "corrected_t", "group_bootstrap", "Summary", "summary_rows", "judge"),
+    "statistics": ("SENS_AT_SPEC", "CLASSIFICATION", "metric_fn", "metric_range", "has_column",
+                   "Estimate", "corrected_t", "group_bootstrap", "Summary", "summary_rows", "judge"),
     "reporting": ("plot_metrics", "plot_eps_curves", "wall_times", "checkpoint_selection",
                   "write_readme"),
 }
