@@ -27,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
       im2col_max_pixels=0,       # CPU: convs with <= this many output pixels as im2col (64)
       mean=(),                   # per-channel normalisation inside the model; () = the
       std=(),                    # default (0.449, 0.226: ImageNet's averaged over RGB)
+      stats_from="",             # train: mean/std of the run's own training images
   ))
 
   c.data = ml_collections.ConfigDict(dict(

@@ -20,6 +20,7 @@ def get_config(variant: str = ""):
   c.smoothgrad_samples = 16
   c.smoothgrad_sigma = 0.1        # pixel units (data range 1)
   c.ig_steps = 32
+  c.channels = "max_abs"          # RGB gradient maps: max_abs (max over channels of |g|) | abs_sum
   c.faithfulness = True           # deletion / insertion AUCs
   c.deletion_steps = 16
   c.top_fraction = 0.1

@@ -6,8 +6,8 @@
 
 ResNet-50 at 224 px (bf16) by default. ``:cpu`` is ResNet-18 at 64 px on all 4,651 mel +
 nv training images, 15 epochs: about 10 minutes on 2 CPU cores. Why 64 px: a 200 x 150
-image keeps its lesion at about 30 x 30 pixels (the median lesion covers 19 % of the padded
-square), enough for the colour structure the skin study measures, and a ResNet-18 training
+image keeps its lesion at about 25 x 25 pixels (the median mel or nv lesion covers 21 % of
+the image, 16 % of the padded square), enough for the colour structure the skin study measures, and a ResNet-18 training
 step on 64 images takes about 0.5 s on 2 cores there, with the small late-stage
 convolutions as im2col + matmul (``model.im2col_max_pixels=64``): XLA:CPU's own
 convolution takes 1.6 s for the *forward* pass at 48-64 px against 0.09 s as im2col (0.2 s
@@ -24,7 +24,9 @@ sensitivity at 90 % specificity beside accuracy.
 
 Normalisation inside the model: per-channel mean and std of the fixed split's mel + nv
 training images at 64 px with the black padding (``lib.data.channel_stats``; checked by
-``tests/test_data.py``). Augmentation: flips both ways (dermoscopy has no up), a small
+``tests/test_data.py``), given values used for every fold, scale and label set;
+``--config.model.stats_from=train --config.model.mean='()' --config.model.std='()'``
+computes each run's own from its training images instead. Augmentation: flips both ways (dermoscopy has no up), a small
 zoom, brightness, contrast, saturation and a small hue jitter (dermoscopes differ in
 white balance; colour is diagnostic, so the hue shift stays within +-0.02 turns, 7 degrees).
 """

@@ -97,6 +97,12 @@ def check_train_config(config) -> None:
   choice(mc.dtype, models.DTYPES, "model.dtype")
   choice(mc.in_channels, (1, 3), "model.in_channels")
   check_channels(dc.name, spec.channels, mc.in_channels, mc.get("mean", ()), mc.get("std", ()))
+  if choice(mc.get("stats_from", ""), ("", "train"), "model.stats_from") and (
+      mc.get("mean") or mc.get("std")):
+    raise ValueError(f"model.stats_from='train' computes model.mean and model.std from the "
+                     f"training images, but they are given ({tuple(mc.mean)}, {tuple(mc.std)}): "
+                     "set --config.model.mean='()' --config.model.std='()' or "
+                     "--config.model.stats_from=''.")
   if mc.num_classes != len(names):
     raise ValueError(f"model.num_classes={mc.num_classes} but label set {dc.label_set!r} of "
                      f"{dc.name} has {len(names)} classes {names}.")

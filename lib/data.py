@@ -320,13 +320,20 @@ def _cv_split(builder, data_config, split: str, image_size: int) -> dict:
   return take(pooled, idx)
 
 
-def channel_stats(images_u8: np.ndarray) -> tuple[tuple, tuple]:
+def channel_stats(images_u8: np.ndarray, chunk: int = 256) -> tuple[tuple, tuple]:
   """Per-channel mean and standard deviation of uint8 images (N, H, W, C) in [0, 1]
   units, rounded to 4 digits: the given values of ``model.mean`` / ``model.std`` that a
-  config states (e.g. configs/ham10000.py, from its training split)."""
-  x = np.asarray(images_u8, np.float64).reshape(-1, images_u8.shape[-1]) / 255.0
-  return (tuple(round(float(v), 4) for v in x.mean(0)),
-          tuple(round(float(v), 4) for v in x.std(0)))
+  config states (e.g. configs/ham10000.py, from its training split), or a run's own with
+  ``model.stats_from="train"``. Two passes over ``chunk`` images at a time (float64 sums:
+  5,000 RGB images at 224 px never become one 6 GB float64 array)."""
+  images_u8 = np.asarray(images_u8)
+  n = images_u8.shape[0] * images_u8.shape[1] * images_u8.shape[2]
+  chunks = [images_u8[i:i + chunk] for i in range(0, len(images_u8), chunk)]
+  flat = lambda c: c.reshape(-1, c.shape[-1]).astype(np.float64)
+  mean = sum(flat(c).sum(0) for c in chunks) / n
+  var = sum(((flat(c) - mean) ** 2).sum(0) for c in chunks) / n
+  return (tuple(round(float(v) / 255.0, 4) for v in mean),
+          tuple(round(float(np.sqrt(v)) / 255.0, 4) for v in var))
 
 
 def take(arrays: dict, idx) -> dict:

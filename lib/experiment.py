@@ -134,7 +134,7 @@ EXISTING_RUN = ("refuse", "continue", "restart")
 # Fields added after runs were made, with the value that reproduces such a run: a
 # config.json without the field is the same run as one with this value.
 ADDED_FIELDS = {"data.augment.saturation": 0.0, "data.augment.hue": 0.0,
-                "data.train_subset": 0}
+                "data.train_subset": 0, "model.stats_from": ""}
 
 
 def _flatten(tree, prefix: str = "") -> dict:

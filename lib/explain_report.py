@@ -30,9 +30,11 @@ TARGETS = {"pred": "the predicted class", "label": "the true label"}
 
 
 def check_config(config) -> None:
-  """Method names (:data:`lib.saliency.METHODS`) and the target, before anything runs."""
+  """Method names (:data:`lib.saliency.METHODS`), the target and the channel reduction,
+  before anything runs."""
   for method in config.methods:
     saliency.METHODS[method]
+  checks.choice(config.get("channels", "max_abs"), saliency.CHANNEL_REDUCTIONS, "channels")
   if config.target not in TARGETS:
     raise ValueError(f"target must be one of {sorted(TARGETS)}, got {config.target!r}")
 
@@ -53,7 +55,8 @@ def compile_method(model, method: str, config, mesh):
       target = saliency.predicted_class(fns.logits_fn, x)
     maps = saliency.explain(method, fns, x, target, key=jax.random.fold_in(key, start),
                             smoothgrad_samples=config.smoothgrad_samples,
-                            smoothgrad_sigma=config.smoothgrad_sigma, ig_steps=config.ig_steps)
+                            smoothgrad_sigma=config.smoothgrad_sigma, ig_steps=config.ig_steps,
+                            channels=config.get("channels", "max_abs"))
     return maps, target
 
   def faithfulness_fn(variables, batch, start):

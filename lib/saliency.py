@@ -227,20 +227,26 @@ def register_method(name: str, *, family: str = "gradient", attackable: bool = F
   return METHODS.register(name, family=family, attackable=attackable, replace=replace)
 
 
+# The gradient methods' option ``channels``: how an RGB attribution becomes one map
+# (:func:`reduce_channels`; the maps are magnitudes, so the signed ``sum`` is not offered).
+CHANNEL_REDUCTIONS = ("max_abs", "abs_sum")
+
+
 @register_method("gradient", attackable=True)
-def _gradient_map(fns, x, target):
-  return reduce_channels(gradient(fns.logits_fn, x, target), "max_abs")
+def _gradient_map(fns, x, target, *, channels: str = "max_abs"):
+  return reduce_channels(gradient(fns.logits_fn, x, target), channels)
 
 
 @register_method("gradient_x_input")
-def _gradient_x_input_map(fns, x, target):
-  return reduce_channels(gradient_x_input(fns.logits_fn, x, target), "max_abs")
+def _gradient_x_input_map(fns, x, target, *, channels: str = "max_abs"):
+  return reduce_channels(gradient_x_input(fns.logits_fn, x, target), channels)
 
 
 def _smoothgrad_map(mode):
-  def method(fns, x, target, *, key, smoothgrad_samples: int = 16, smoothgrad_sigma: float = 0.1):
+  def method(fns, x, target, *, key, smoothgrad_samples: int = 16, smoothgrad_sigma: float = 0.1,
+             channels: str = "max_abs"):
     return reduce_channels(smoothgrad(fns.logits_fn, x, target, key=key, samples=smoothgrad_samples,
-                                      sigma=smoothgrad_sigma, mode=mode), "max_abs")
+                                      sigma=smoothgrad_sigma, mode=mode), channels)
   method.__doc__ = f"SmoothGrad family, mode {mode!r} (:func:`smoothgrad`)."
   return method
 
@@ -251,8 +257,8 @@ register_method("vargrad")(_smoothgrad_map("var"))
 
 
 @register_method("integrated_gradients")
-def _integrated_gradients_map(fns, x, target, *, ig_steps: int = 64):
-  return reduce_channels(integrated_gradients(fns.logits_fn, x, target, steps=ig_steps), "max_abs")
+def _integrated_gradients_map(fns, x, target, *, ig_steps: int = 64, channels: str = "max_abs"):
+  return reduce_channels(integrated_gradients(fns.logits_fn, x, target, steps=ig_steps), channels)
 
 
 @register_method("grad_cam", family="cam", attackable=True)
@@ -267,8 +273,9 @@ def _grad_cam_pp_map(fns, x, target, *, relu: bool = True):
 
 def explain(method: str, fns, x, target=None, *, key=None, **options) -> Array:
   """One (B, H, W) map per image for a registered method (:data:`METHODS`), with the
-  paper's post-processing: |.| max over channels for gradient methods, ReLU-ed CAMs; not
-  normalised. ``options`` (``smoothgrad_samples``, ``smoothgrad_sigma``, ``ig_steps``,
+  paper's post-processing: |.| max over channels for gradient methods (``channels=
+  "abs_sum"``: the sum of |.| over channels instead), ReLU-ed CAMs; not normalised.
+  ``options`` (``smoothgrad_samples``, ``smoothgrad_sigma``, ``ig_steps``, ``channels``,
   ...) go to the methods that take them; others ignore them."""
   entry = METHODS[method]
   return entry(fns, x, target, key=key,

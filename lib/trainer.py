@@ -164,17 +164,17 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
   """
   workdir = os.path.abspath(workdir)
   checks.check_train_config(config)          # before anything is written or built
+  train, val = load_training_data(config)    # a data error stops before the work dir
+  resolve_normalisation(config, train)
   with files.WorkdirLock(workdir, "train.py"):
     experiment.prepare_workdir(config, workdir)
-    return _train(config, workdir, stop_after_step)
+    return _train(config, workdir, stop_after_step, train, val)
 
 
-def _train(config, workdir: str, stop_after_step: Optional[int]) -> dict:
-  class_names = data.class_names(config.data)
-  par = experiment.build_parallel(config)
-  logging.info("Mesh of %d %s device(s), wrapper %s.", par.num_devices,
-               jax.devices()[0].platform, par.kind)
-
+def load_training_data(config) -> tuple[dict, dict]:
+  """The run's training images (``data.train_subset`` of them when set: a stratified
+  subset, the same for every run of a fold) and its validation images, checked to hold
+  every class."""
   t0 = time.time()
   train = data.load_split(config.data, "train", config.image_size)
   if config.data.get("train_subset", 0):
@@ -182,7 +182,31 @@ def _train(config, workdir: str, stop_after_step: Optional[int]) -> dict:
   val = data.load_split(config.data, "val", config.image_size)
   logging.info("Data %s: %d train, %d val images at %d px (%.1f s).", config.data.name,
                len(train["label"]), len(val["label"]), config.image_size, time.time() - t0)
-  check_classes(train["label"], val["label"], class_names, config)
+  check_classes(train["label"], val["label"], data.class_names(config.data), config)
+  return train, val
+
+
+def resolve_normalisation(config, train: dict) -> None:
+  """``model.stats_from="train"``: the model's per-channel normalisation (``model.mean``,
+  ``model.std``) becomes the statistics of this run's training images
+  (:func:`lib.data.channel_stats`: each fold of a cross-validation its own, never its
+  held-out images), written into the config and so into ``config.json``, from which the
+  model is rebuilt for evaluation. Resuming computes the same values."""
+  if config.model.get("stats_from", "") != "train":
+    return
+  mean, std = data.channel_stats(train["image"])
+  if config.model.in_channels != len(mean):   # a grayscale set feeding a 3-channel stem
+    mean, std = mean[:1], std[:1]
+  config.model.mean, config.model.std = mean, std
+  logging.info("Normalisation from the %d training images: mean %s, std %s.",
+               len(train["label"]), mean, std)
+
+
+def _train(config, workdir: str, stop_after_step: Optional[int], train: dict, val: dict) -> dict:
+  class_names = data.class_names(config.data)
+  par = experiment.build_parallel(config)
+  logging.info("Mesh of %d %s device(s), wrapper %s.", par.num_devices,
+               jax.devices()[0].platform, par.kind)
   steps_per_epoch = len(train["label"]) // config.batch_size
   total_steps = config.num_epochs * steps_per_epoch
 

@@ -387,6 +387,39 @@ def test_colour_jitter_keeps_luma_under_hue_and_leaves_gray_alone():
   np.testing.assert_array_equal(data.colour_jitter(g, np.random.default_rng(1), aug), g)
 
 
+def test_ham10000_original_release_layout_groups_by_lesion_and_counts_missing_masks(
+    tmp_path, caplog):
+  """The original release (HAM10000_metadata.csv, images in the two part folders, masks in
+  HAM10000_segmentations_lesion_tschandl/): rows keep their diagnosis, a lesion's images
+  share a group and a split, and images without a mask are counted in the log (ISIC 2018
+  task-1 masks, of other images, used to pass a "some mask exists" check silently)."""
+  from lib.datasets import ham10000
+  rows = [("HAM_1", "ISIC_1", "mel"), ("HAM_1", "ISIC_2", "mel"), ("HAM_2", "ISIC_3", "nv"),
+          ("HAM_3", "ISIC_4", "bcc")]
+  (tmp_path / "HAM10000_metadata.csv").write_text(
+      "lesion_id,image_id,dx,dx_type\n" + "".join(f"{l},{i},{d},histo\n" for l, i, d in rows))
+  for k, (_, image_id, _) in enumerate(rows):
+    folder = tmp_path / f"HAM10000_images_part_{1 + k % 2}"
+    folder.mkdir(exist_ok=True)
+    Image.fromarray(np.full((6, 8, 3), 40 * k, np.uint8)).save(folder / f"{image_id}.jpg")
+  masks = tmp_path / "HAM10000_segmentations_lesion_tschandl"
+  masks.mkdir()
+  Image.fromarray(np.full((6, 8), 255, np.uint8)).save(masks / "ISIC_1_segmentation.png")
+  Image.fromarray(np.zeros((6, 8), np.uint8)).save(tmp_path / "ISIC_0000001_segmentation.png")
+  with caplog.at_level("WARNING"):
+    out = {r["id"]: r for r in ham10000.list_examples(str(tmp_path))}
+  assert sorted(out) == ["ISIC_1", "ISIC_2", "ISIC_3", "ISIC_4"]
+  assert [out[i]["label"] for i in sorted(out)] == ["mel", "mel", "nv", "bcc"]
+  assert out["ISIC_1"]["group"] == out["ISIC_2"]["group"] == "HAM_1"
+  assert out["ISIC_1"]["split"] == out["ISIC_2"]["split"]
+  assert out["ISIC_1"]["masks"] == [str(masks / "ISIC_1_segmentation.png")]
+  assert all(out[i]["masks"] == [] for i in ("ISIC_2", "ISIC_3", "ISIC_4"))
+  assert "3 of 4 images" in caplog.text and "no lesion mask" in caplog.text
+  (tmp_path / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nHAM_9,ISIC_9,mel\n")
+  with pytest.raises(manual.DataError, match=r"Image ISIC_9.jpg of .* is in none of"):
+    ham10000.list_examples(str(tmp_path))
+
+
 def test_synthetic_skin_melanomas_have_more_colours():
   from lib import metrics
   spread = {0: [], 1: []}                  # chroma (CIELAB a*, b*) spread inside the lesion

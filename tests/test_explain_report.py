@@ -4,6 +4,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
 from configs import explain as explain_config
 from lib import data, experiment, explain_report, report
@@ -78,3 +79,13 @@ def test_plots_return_figures_without_pyplot_and_save_only_when_asked(tmp_path):
   grid = report.plot_map_grid([("a", image, np.ones((8, 8)), {"gradient": np.eye(8)})],
                               str(tmp_path / "grid.png"))
   assert isinstance(grid, Figure) and (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_an_unknown_channel_reduction_stops_before_anything_runs():
+  c = explain_config.get_config()
+  explain_report.check_config(c)
+  c.channels = "abs_sum"
+  explain_report.check_config(c)
+  c.channels = "sum"          # signed: not a magnitude map
+  with pytest.raises(ValueError, match=r"channels: 'sum' is not one of 'max_abs', 'abs_sum'"):
+    explain_report.check_config(c)

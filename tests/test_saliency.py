@@ -52,6 +52,26 @@ def test_integrated_gradients_completeness():
   np.testing.assert_allclose(np.asarray(attr).sum(axis=(1, 2, 3)), delta, rtol=0.01)
 
 
+def test_rgb_gradient_maps_reduce_channels_by_max_or_sum_of_magnitudes():
+  """An RGB linear model: the class-1 gradient is W[..., 1], so the map is max_c |W| by
+  default (Simonyan et al.) and sum_c |W| with ``channels="abs_sum"``; the option reaches
+  every gradient method through :func:`saliency.explain` and a CAM ignores it."""
+  w = jax.random.normal(jax.random.PRNGKey(2), (6, 6, 3, 2))
+  logits_fn = lambda x: jnp.einsum("bhwc,hwck->bk", x, w)
+  fns = models.ModelFns(logits_fn, None, None, None)
+  x = jax.random.uniform(jax.random.PRNGKey(3), (2, 6, 6, 3))
+  target = jnp.array([1, 1])
+  g = np.abs(np.asarray(w[..., 1]))
+  default = saliency.explain("gradient", fns, x, target)
+  np.testing.assert_allclose(default, np.broadcast_to(g.max(-1), (2, 6, 6)), rtol=1e-6)
+  summed = saliency.explain("gradient", fns, x, target, channels="abs_sum")
+  np.testing.assert_allclose(summed, np.broadcast_to(g.sum(-1), (2, 6, 6)), rtol=1e-6)
+  sg = saliency.explain("smoothgrad", fns, x, target, key=jax.random.PRNGKey(0),
+                        smoothgrad_samples=2, channels="abs_sum")
+  np.testing.assert_allclose(sg, summed, rtol=1e-5)      # linear: every noisy copy alike
+  assert saliency.CHANNEL_REDUCTIONS == ("max_abs", "abs_sum")
+
+
 def test_smoothgrad_with_sigma_zero_is_the_gradient():
   features_fn, head_fn, _ = _net()
   logits_fn = lambda x: head_fn(features_fn(x))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from lib import checkpoint, checks, experiment, trainer
+from lib import checkpoint, checks, data, experiment, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -253,3 +253,53 @@ def test_a_run_made_before_a_field_existed_resumes_when_the_field_keeps_its_old_
   assert experiment.config_differences(old, new) == []
   new["data"]["augment"]["hue"] = 0.05
   assert experiment.config_differences(old, new) == ["data.augment.hue: 0.0 -> 0.05"]
+
+
+def test_normalisation_from_the_runs_own_training_images(tmp_path):
+  """``model.stats_from="train"`` (issue 24): the model normalises by the statistics of the
+  run's training images (its fold's, never the held-out ones); they reach config.json, so
+  evaluation rebuilds the same model, and resuming computes the same values."""
+  def skin():
+    c = _config()
+    c.data.name, c.model.in_channels, c.model.stats_from = "synthetic_skin", 3, "train"
+    return c
+
+  c = skin()
+  checks.check_train_config(c)
+  train, _ = trainer.load_training_data(c)
+  trainer.resolve_normalisation(c, train)
+  x = train["image"].astype(np.float64) / 255.0
+  np.testing.assert_allclose(c.model.mean, x.mean((0, 1, 2)), atol=6e-5)
+  np.testing.assert_allclose(c.model.std, x.std((0, 1, 2)), atol=6e-5)
+  assert len(set(c.model.mean)) == 3            # RGB: one value per channel
+  workdir = str(tmp_path / "run")
+  experiment.prepare_workdir(c, workdir)
+  saved = experiment.load_config(workdir)
+  assert tuple(saved.model.mean) == c.model.mean and tuple(saved.model.std) == c.model.std
+  model = experiment.build_model(saved)
+  assert model.mean == c.model.mean and model.std == c.model.std
+  again = skin()                                 # a resumed run: the same values, no refusal
+  trainer.resolve_normalisation(again, trainer.load_training_data(again)[0])
+  experiment.prepare_workdir(again, workdir)
+  # Given values and stats_from together are a contradiction, named before anything runs.
+  both = skin()
+  both.model.mean, both.model.std = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)
+  with pytest.raises(ValueError, match="stats_from='train' computes model.mean"):
+    checks.check_train_config(both)
+  bad = skin()
+  bad.model.stats_from = "val"
+  with pytest.raises(ValueError, match="model.stats_from: 'val' is not one of"):
+    checks.check_train_config(bad)
+  # A grayscale set: one value, also for a 3-channel (ImageNet) stem.
+  g = _config()
+  g.model.stats_from, g.model.in_channels = "train", 3
+  trainer.resolve_normalisation(g, trainer.load_training_data(g)[0])
+  assert len(g.model.mean) == 1 and len(g.model.std) == 1
+
+
+def test_channel_stats_in_chunks_equals_the_whole_array():
+  x = np.random.default_rng(0).integers(0, 256, (11, 5, 4, 3), dtype=np.uint8)
+  mean, std = data.channel_stats(x, chunk=3)
+  f = x.astype(np.float64) / 255.0
+  np.testing.assert_allclose(mean, f.mean((0, 1, 2)), atol=6e-5)
+  np.testing.assert_allclose(std, f.std((0, 1, 2)), atol=6e-5)

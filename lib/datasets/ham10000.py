@@ -10,12 +10,13 @@ Layouts:
   ``group``;
 * the original release: ``HAM10000_metadata.csv`` (``lesion_id, image_id, dx, ...``) beside
   the images (``<image_id>.jpg`` in the folder or in ``HAM10000_images_part_1/`` and
-  ``_part_2/``) and, optionally, the ISIC 2018 task-1 masks
+  ``_part_2/``) and, optionally, the lesion masks published with HAM10000
   (``<image_id>_segmentation.png`` in the folder or in a ``masks/`` or
-  ``HAM10000_segmentations_lesion_tschandl/`` folder). Groups are lesions (``lesion_id``);
-  a deterministic split by hashed lesion id, stratified by diagnosis, is made (no
-  near-duplicate groups across lesions: prefer the prepared copy). An image without a
-  mask gets an all-zero one.
+  ``HAM10000_segmentations_lesion_tschandl/`` folder; the ISIC 2018 task-1 masks are of
+  other images, ISIC_0000000-0016072, and match none). Groups are lesions
+  (``lesion_id``); a deterministic split by hashed lesion id, stratified by diagnosis, is
+  made (no near-duplicate groups across lesions: prefer the prepared copy). An image
+  without a mask gets an all-zero one, and how many have none is logged.
 
 Images are stored as RGB at their original size (the prepared copy's 200 x 150 JPEG bytes
 unchanged). The seven diagnoses are stored; :mod:`lib.data` selects a label set:
@@ -25,7 +26,6 @@ out), ``malignant`` (mel, bcc, akiec vs nv, bkl, df, vasc) or ``dx`` (all seven)
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 
@@ -84,9 +84,11 @@ def list_examples(manual_dir: str) -> list[dict]:
     mask = _find(manual_dir, mask_dirs, r["image_id"] + "_segmentation.png")
     out.append(dict(id=r["image_id"], label=r["dx"], image=image, masks=[mask] if mask else [],
                     group=r["lesion_id"]))
-  if not glob.glob(os.path.join(manual_dir, "**", "*_segmentation.png"), recursive=True):
-    logging.warning("No lesion masks found under %s: masks are stored all zero, and the "
-                    "lesion metrics and the segmentation head are meaningless.", manual_dir)
+  if without := sum(not r["masks"] for r in out):
+    logging.warning("%d of %d images in %s have no lesion mask (<image_id>_segmentation.png "
+                    "in %s): theirs are stored all zero, and the lesion metrics and the "
+                    "segmentation head are meaningless on them.", without, len(out),
+                    manual_dir, [d or "." for d in mask_dirs])
   # Split by lesion (a lesion's images stay together), stratified by diagnosis.
   lesions = {}
   for r in out:
