@@ -234,7 +234,9 @@ def _explain(config, workdir: str, checkpoints) -> list[dict]:
   table = report.write_table(rows, os.path.join(workdir, "summary"), SUMMARY_COLUMNS)
   files.atomic_write(os.path.join(workdir, "report.md"), (
             "# Explanation maps and their quality\n\n"
-            f"Split `{config.split}`, target: {TARGETS[config.target]}. Means over images; "
+            f"Split `{config.split}`, target: {TARGETS[config.target]}; RGB gradient maps "
+            f"reduced over channels by `{config.get('channels', 'max_abs')}` (max_abs: max of "
+            "|g|, abs_sum: sum of |g|). Means over images; "
             "lesion energy = fraction of the map's mass inside the lesion mask, pointing game = "
             "map maximum inside the mask, top10_iou = IoU of the top 10 % pixels with the mask, "
             "total variation (lower = smoother), Gini (higher = sparser), entropy (lower = "

@@ -9,6 +9,7 @@ finally evaluates the best checkpoint on the test split, writing
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -164,8 +165,12 @@ def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] =
   """
   workdir = os.path.abspath(workdir)
   checks.check_train_config(config)          # before anything is written or built
-  train, val = load_training_data(config)    # a data error stops before the work dir
-  resolve_normalisation(config, train)
+  # A data error stops before the work dir is touched (a second train.py on a busy work
+  # dir loads the data before the lock refuses it: the price of that order).
+  train, val = load_training_data(config)
+  if config.model.get("stats_from", "") == "train":
+    config = copy.deepcopy(config)           # the caller's config stays reusable
+    resolve_normalisation(config, train)
   with files.WorkdirLock(workdir, "train.py"):
     experiment.prepare_workdir(config, workdir)
     return _train(config, workdir, stop_after_step, train, val)
@@ -194,9 +199,12 @@ def resolve_normalisation(config, train: dict) -> None:
   model is rebuilt for evaluation. Resuming computes the same values."""
   if config.model.get("stats_from", "") != "train":
     return
-  mean, std = data.channel_stats(train["image"])
-  if config.model.in_channels != len(mean):   # a grayscale set feeding a 3-channel stem
-    mean, std = mean[:1], std[:1]
+  mean, std = data.channel_stats(train["image"])   # a grayscale set: one value each
+  if not all(s > 0 for s in std):
+    raise ValueError(f"model.stats_from='train': a channel of the {len(train['label'])} "
+                     f"training images of {config.data.name} is constant (std {std}): give "
+                     "--config.model.mean and --config.model.std instead.")
+  checks.check_channels(config.data.name, len(mean), config.model.in_channels, mean, std)
   config.model.mean, config.model.std = mean, std
   logging.info("Normalisation from the %d training images: mean %s, std %s.",
                len(train["label"]), mean, std)

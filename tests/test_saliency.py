@@ -69,6 +69,10 @@ def test_rgb_gradient_maps_reduce_channels_by_max_or_sum_of_magnitudes():
   sg = saliency.explain("smoothgrad", fns, x, target, key=jax.random.PRNGKey(0),
                         smoothgrad_samples=2, channels="abs_sum")
   np.testing.assert_allclose(sg, summed, rtol=1e-5)      # linear: every noisy copy alike
+  features_fn, head_fn, _ = _net()                        # a CAM takes no such option
+  cam_fns = models.ModelFns(None, features_fn, head_fn, None)
+  np.testing.assert_array_equal(saliency.explain("grad_cam", cam_fns, X, channels="abs_sum"),
+                                saliency.explain("grad_cam", cam_fns, X))
   assert saliency.CHANNEL_REDUCTIONS == ("max_abs", "abs_sum")
 
 

@@ -265,22 +265,19 @@ def test_normalisation_from_the_runs_own_training_images(tmp_path):
     return c
 
   c = skin()
-  checks.check_train_config(c)
   train, _ = trainer.load_training_data(c)
-  trainer.resolve_normalisation(c, train)
   x = train["image"].astype(np.float64) / 255.0
-  np.testing.assert_allclose(c.model.mean, x.mean((0, 1, 2)), atol=6e-5)
-  np.testing.assert_allclose(c.model.std, x.std((0, 1, 2)), atol=6e-5)
-  assert len(set(c.model.mean)) == 3            # RGB: one value per channel
   workdir = str(tmp_path / "run")
-  experiment.prepare_workdir(c, workdir)
+  trainer.train_and_evaluate(c, workdir, stop_after_step=1)
+  assert c.model.stats_from == "train" and c.model.mean == ()   # the caller's is untouched
   saved = experiment.load_config(workdir)
-  assert tuple(saved.model.mean) == c.model.mean and tuple(saved.model.std) == c.model.std
-  model = experiment.build_model(saved)
-  assert model.mean == c.model.mean and model.std == c.model.std
-  again = skin()                                 # a resumed run: the same values, no refusal
-  trainer.resolve_normalisation(again, trainer.load_training_data(again)[0])
-  experiment.prepare_workdir(again, workdir)
+  np.testing.assert_allclose(saved.model.mean, x.mean((0, 1, 2)), atol=6e-5)
+  np.testing.assert_allclose(saved.model.std, x.std((0, 1, 2)), atol=6e-5)
+  assert len(set(saved.model.mean)) == 3         # RGB: one value per channel
+  model = experiment.build_model(saved)           # as evaluation rebuilds it
+  assert model.mean == tuple(saved.model.mean) and model.std == tuple(saved.model.std)
+  # A resumed run computes the same values: not "a run made with other settings".
+  trainer.train_and_evaluate(skin(), workdir, stop_after_step=2)
   # Given values and stats_from together are a contradiction, named before anything runs.
   both = skin()
   both.model.mean, both.model.std = (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)
@@ -295,6 +292,10 @@ def test_normalisation_from_the_runs_own_training_images(tmp_path):
   g.model.stats_from, g.model.in_channels = "train", 3
   trainer.resolve_normalisation(g, trainer.load_training_data(g)[0])
   assert len(g.model.mean) == 1 and len(g.model.std) == 1
+  flat = {"image": np.full((4, 8, 8, 1), 7, np.uint8), "label": np.zeros(4)}
+  with pytest.raises(ValueError, match="is constant"):
+    trainer.resolve_normalisation(_config(model={**_config().model, "stats_from": "train"}),
+                                  flat)
 
 
 def test_channel_stats_in_chunks_equals_the_whole_array():
