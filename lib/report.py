@@ -281,9 +281,15 @@ def plot_explanations(arrays, maps: dict, class_names, path: Optional[str] = Non
 def plot_model_comparison(results: dict, path: Optional[str] = None,
                           n_images: int = 4) -> "Figure":
   """For ``n_images`` images of both classes (:func:`lib.data.example_indices`): one row
-  per (image, model), one column per method."""
+  per image (with its lesion contour and class), then one column per (method, model): each
+  method's maps of every model side by side on the same image. ``results[name]`` holds
+  ``arrays`` (the same images for every model), ``maps`` and ``class_names``."""
   names = list(results)
-  arrays = results[names[0]]["arrays"]
-  return plot_map_grid([(f"{arrays['id'][i]}\n{name}", arrays["image"][i].astype(np.float32) / 255.0,
-                  arrays["mask"][i], {m: v[i] for m, v in results[name]["maps"].items()})
-                 for i in data.example_indices(arrays["label"], n_images) for name in names], path)
+  arrays, class_names = results[names[0]]["arrays"], results[names[0]]["class_names"]
+  methods = list(results[names[0]]["maps"])
+  return plot_map_grid(
+      [(f"{arrays['id'][i]}\n{class_names[arrays['label'][i]]}",
+        arrays["image"][i].astype(np.float32) / 255.0, arrays["mask"][i],
+        {f"{method}\n{name}": results[name]["maps"][method][i]
+         for method in methods for name in names})
+       for i in data.example_indices(arrays["label"], n_images)], path)
