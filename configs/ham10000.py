@@ -7,13 +7,14 @@
 ResNet-50 at 224 px (bf16) by default. ``:cpu`` is ResNet-18 at 64 px on all 4,651 mel +
 nv training images, 15 epochs: about 10 minutes on 2 CPU cores. Why 64 px: a 200 x 150
 image keeps its lesion at about 25 x 25 pixels (the median mel or nv lesion covers 21 % of
-the image, 16 % of the padded square), enough for the colour structure the skin study measures, and a ResNet-18 training
-step on 64 images takes about 0.5 s on 2 cores there, with the small late-stage
-convolutions as im2col + matmul (``model.im2col_max_pixels=64``): XLA:CPU's own
-convolution takes 1.6 s for the *forward* pass at 48-64 px against 0.09 s as im2col (0.2 s
-at 96 px, where it is fine; bench/RESULTS.md). No training subset is needed for a plain
-model; the robust-saliency study trains on a subset (``data.train_subset``) because
-PGD-7 adversarial training costs 8 passes per image.
+the image, 16 % of the padded square), enough for the colour structure the skin study
+measures, and a ResNet-18 training step on 64 images takes about 0.5 s on 2 cores there,
+with the small late-stage convolutions as im2col + matmul
+(``model.im2col_max_pixels=64``): XLA:CPU's own convolution takes 1.6 s for the *forward*
+pass at 48-64 px against 0.09 s as im2col (0.2 s at 96 px, where it is fine;
+bench/RESULTS.md). No training subset is needed for a plain model; the robust-saliency
+study trains on a subset (``data.train_subset``) because PGD-7 adversarial training costs
+8 passes per image.
 
 Label sets (``data.label_set``): ``melanoma`` (mel vs nv; the other five diagnoses are
 left out), ``malignant`` (mel, bcc, akiec vs nv, bkl, df, vasc) and ``dx`` (seven classes;
@@ -26,9 +27,10 @@ Normalisation inside the model: per-channel mean and std of the fixed split's me
 training images at 64 px with the black padding (``lib.data.channel_stats``; checked by
 ``tests/test_data.py``), given values used for every fold, scale and label set;
 ``--config.model.stats_from=train --config.model.mean='()' --config.model.std='()'``
-computes each run's own from its training images instead. Augmentation: flips both ways (dermoscopy has no up), a small
-zoom, brightness, contrast, saturation and a small hue jitter (dermoscopes differ in
-white balance; colour is diagnostic, so the hue shift stays within +-0.02 turns, 7 degrees).
+computes each run's own from its training images instead. Augmentation: flips both ways
+(dermoscopy has no up), a small zoom, brightness, contrast, saturation and a small hue
+jitter (dermoscopes differ in white balance; colour is diagnostic, so the hue shift stays
+within +-0.02 turns, 7 degrees).
 """
 
 from configs import common

@@ -47,6 +47,8 @@ def compile_method(model, method: str, config, mesh):
   deletion/insertion AUCs``. They are separate so that images/s measures the explanation
   alone."""
 
+  channels = config.get("channels", "max_abs")   # RGB gradient maps: max or sum of |g|
+
   def maps_fn(variables, key, batch, start):
     x, fns = batch["x"], models.model_fns(model, variables)
     if config.target == "label":
@@ -56,7 +58,7 @@ def compile_method(model, method: str, config, mesh):
     maps = saliency.explain(method, fns, x, target, key=jax.random.fold_in(key, start),
                             smoothgrad_samples=config.smoothgrad_samples,
                             smoothgrad_sigma=config.smoothgrad_sigma, ig_steps=config.ig_steps,
-                            channels=config.get("channels", "max_abs"))
+                            channels=channels)
     return maps, target
 
   def faithfulness_fn(variables, batch, start):
