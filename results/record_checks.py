@@ -5,6 +5,7 @@
   .venv/bin/python results/record_checks.py robust_vs_smooth results/robust_saliency_brain_mri_cpu
   .venv/bin/python results/record_checks.py checkpoint_choice results/robust_saliency_cpu
   .venv/bin/python results/record_checks.py same_records results/busi_gradcam_map_attacks_cpu results/busi_gradcam_cpu
+  .venv/bin/python results/record_checks.py robustness results/robust_saliency_ham10000_cpu
 
 ``attack_order``: per model, seed and eps, how many images each attack flips (correct clean,
 wrong attacked) and how many one attack flips that another does not (a stronger attack
@@ -14,7 +15,9 @@ PGD accuracy and kept step (``checkpoints.csv``) against its gradient total vari
 the standard model's (``per_run.csv``), with their Spearman rank correlations; and the mean
 difference per seed. ``same_records``: for every per-image file the two results dirs share
 (same model and seed), the largest difference in every column they share, and the mean of
-each clean-map column (``*_clean``).
+each clean-map column (``*_clean``). ``robustness``: a study's models under the attack sweep
+in ``<d>/robustness_check/sweep`` (its README has the command), accuracy per model and eps
+over the folds, and each model against ``standard`` paired by fold (how many folds it wins).
 """
 import csv
 import json
@@ -124,6 +127,38 @@ def same_records(d: str, other: str) -> None:
           f"{worst:g}; clean means {dict(list(clean.items())[:1])}")
 
 
+def robustness(d: str) -> None:
+  with open(os.path.join(d, "robustness_check", "sweep", "results.json")) as f:
+    cells = json.load(f)["cells"]
+  val = {}   # (model, eps, key) -> {fold run: value}
+  for c in cells:
+    model, run = c["model"].split("-", 1)
+    for key in ("accuracy", "balanced_accuracy"):
+      val.setdefault((model, c["eps"], key), {})[run] = c[key]
+  models = list(dict.fromkeys(m for m, _, _ in val))
+  eps = sorted({e for _, e, _ in val})
+  head = [("clean" if e == 0 else f"PGD-10 @ {e:g}") for e in eps]
+  print("Accuracy (balanced accuracy), mean over the fold runs:\n")
+  print("| model | runs | " + " | ".join(head) + " |\n|---|---|" + "---|" * len(eps))
+  for m in models:
+    mean = {(e, k): np.mean(list(val[m, e, k].values()))
+            for e in eps for k in ("accuracy", "balanced_accuracy")}
+    print(f"| {m} | {len(val[m, eps[0], 'accuracy'])} | " + " | ".join(
+        f"{mean[e, 'accuracy']:.3f} ({mean[e, 'balanced_accuracy']:.3f})" for e in eps) + " |")
+  for m in models:
+    if m == "standard":
+      continue
+    print(f"\n{m} - standard, paired by fold (higher in how many):")
+    for e, h in zip(eps, head):
+      parts = []
+      for k in ("accuracy", "balanced_accuracy"):
+        a, b = val[m, e, k], val["standard", e, k]
+        diff = [a[r] - b[r] for r in sorted(set(a) & set(b))]
+        parts.append(f"{k} {np.mean(diff):+.3f} ({sum(x > 0 for x in diff)} of {len(diff)})")
+      print(f"- {h}: " + ", ".join(parts))
+
+
 if __name__ == "__main__":
   {"attack_order": attack_order, "robust_vs_smooth": robust_vs_smooth,
-   "checkpoint_choice": checkpoint_choice, "same_records": same_records}[sys.argv[1]](*sys.argv[2:])
+   "checkpoint_choice": checkpoint_choice, "same_records": same_records,
+   "robustness": robustness}[sys.argv[1]](*sys.argv[2:])
