@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import logging
 import os
 import time
@@ -59,6 +60,9 @@ class OverfittingMonitor:
   trains at a smaller eps than the check attacks with, and a near-constant classifier's
   "best" PGD accuracy from those epochs stopped two ResNet-50 runs at 224 px at epochs 4
   and 8 of a 10-epoch ramp (results/oncology_robustness_busi_full/notes.md).
+
+  Its memory (``best``) travels in each checkpoint's metadata, so a resumed run judges a
+  collapse against the PGD accuracy it had before the interruption.
   """
 
   def __init__(self, adv):
@@ -82,7 +86,8 @@ class OverfittingMonitor:
           "Catastrophic overfitting at epoch %d: PGD-%d accuracy on held-out images fell to "
           "%.3f from %.3f (clean %.3f; adv.overfit_drop=%.2f, adv.overfit_ratio=%.2f). %s",
           epoch, adv.check_steps, robust, self.best, clean, adv.overfit_drop, adv.overfit_ratio,
-          "Stopping; the best checkpoint is kept." if adv.overfit_stop else
+          "Stopping; this epoch's weights are not saved, so the run keeps its best (or last) "
+          "checkpoint from before the collapse." if adv.overfit_stop else
           "Continuing (adv.overfit_stop=False).")
       return adv.overfit_stop
     return False
@@ -155,6 +160,20 @@ def _check_finite(pending: list, start_step: int, last_ckpt: Optional[int], work
           "diverged before it became non-finite, so resuming from that checkpoint in this "
           "work dir can fail again.")
   return fetched
+
+
+STOPPED = "stopped.json"
+
+
+def read_stop(workdir: str) -> Optional[dict]:
+  """The record :func:`_train` writes when the overfitting check stopped a run
+  (``<workdir>/stopped.json``: the step it stopped at, the checkpoint kept from before, the
+  PGD accuracies), or None."""
+  path = os.path.join(workdir, STOPPED)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] = None) -> dict:
@@ -232,10 +251,10 @@ def _train(config, workdir: str, stop_after_step: Optional[int], train: dict, va
   train_iter = data.train_iterator(train, config, process_index=jax.process_index(),
                                    process_count=jax.process_count())
   meta = {"architecture": checkpoint.architecture(config.model), "class_names": list(class_names)}
-  start = ckpt.latest_step()
+  start, saved_meta = ckpt.latest_step(), {}
   if start is not None:   # a corrupt latest checkpoint: warned about, the one before is used
     template = checkpoint.abstract(train_step.state_to_dict(state), par.replicated)
-    start, state_dict, data_state, _ = ckpt.restore_newest_good(template, config.model)
+    start, state_dict, data_state, saved_meta = ckpt.restore_newest_good(template, config.model)
     state = train_step.state_from_dict(state, state_dict)
     train_iter.set_state(data_state)
     logging.info("Resumed from %s at step %d.", ckpt.directory, start)
@@ -251,8 +270,15 @@ def _train(config, workdir: str, stop_after_step: Optional[int], train: dict, va
       adv_config=adv, steps_per_epoch=steps_per_epoch, trainable=tuple(config.get("trainable", ()))))
   eval_fn = compile_eval(eval_model, par.mesh)
   writer = report.MetricWriter(workdir)
+  stopped = read_stop(workdir) if adversarial_training and adv.overfit_stop else None
+  if stopped:
+    logging.info("This run stopped at step %d (catastrophic overfitting, %s); evaluating the "
+                 "checkpoint it kept from before (step %s). To train on regardless, set "
+                 "--config.adv.overfit_stop=False.", stopped["step"],
+                 os.path.join(workdir, STOPPED), stopped["kept_step"])
   if adversarial_training:
     robust_fn, monitor = robust_accuracy_fn(eval_model, adv), OverfittingMonitor(adv)
+    monitor.best = float((saved_meta or {}).get("overfit_best", -1.0))
     check_x = data.to_model_input(val["image"][:adv.check_images], config.model.in_channels)
     check_y = val["label"][:adv.check_images]
     logging.info("Adversarial training: %s at eps %g (%s BatchNorm while attacking).",
@@ -260,7 +286,7 @@ def _train(config, workdir: str, stop_after_step: Optional[int], train: dict, va
 
   pending, pending_start, last_ckpt = [], start, start or None
   t_log, n_log = time.time(), 0
-  for step in range(start, total_steps):
+  for step in range(total_steps if stopped else start, total_steps):
     batch = next(train_iter)
     state, m = step_fn(state, par.put_batch(batch))
     pending.append(par.get_metrics(m))
@@ -292,10 +318,17 @@ def _train(config, workdir: str, stop_after_step: Optional[int], train: dict, va
         overfitted = monitor.update(float(clean), float(robust), epoch, int(classes))
       writer.write(done, {**val_metrics, "epoch": epoch})
       logging.info("epoch %d val: %s", epoch, _fmt(val_metrics))
-      ckpt.save(done, train_step.state_to_dict(host_state), train_iter.get_state(), meta,
+      if overfitted and last_ckpt is not None:
+        # The collapsed weights are not saved: with best_metric '' (keep the last) or a
+        # metric blind to robustness (val_auc) they would be the checkpoint the run keeps.
+        _record_stop(workdir, done, epoch, last_ckpt, val_metrics, monitor.best)
+        break
+      ckpt.save(done, train_step.state_to_dict(host_state), train_iter.get_state(),
+                {**meta, "overfit_best": monitor.best} if adversarial_training else meta,
                 metrics=val_metrics)
       last_ckpt = done
-      if overfitted:
+      if overfitted:   # nothing saved before it (cannot happen after a judged epoch)
+        _record_stop(workdir, done, epoch, done, val_metrics, monitor.best)
         break
     if stop_after_step is not None and done >= stop_after_step:
       ckpt.prune()
@@ -305,6 +338,16 @@ def _train(config, workdir: str, stop_after_step: Optional[int], train: dict, va
   ckpt.wait()
   writer.close()
   return final_test(config, workdir, ckpt, eval_fn, par, state, class_names)
+
+
+def _record_stop(workdir: str, step: int, epoch: int, kept_step: int, val_metrics: dict,
+                 best: float) -> None:
+  if jax.process_index() == 0:
+    files.atomic_json(os.path.join(workdir, STOPPED), {
+        "reason": "catastrophic overfitting", "step": step, "epoch": epoch,
+        "kept_step": kept_step, "val_pgd_accuracy": val_metrics["val_pgd_accuracy"],
+        "val_check_accuracy": val_metrics["val_check_accuracy"], "best_val_pgd_accuracy": best})
+  parallel.sync("stop recorded")
 
 
 def final_test(config, workdir, ckpt, eval_fn, par, state, class_names) -> dict:
@@ -323,7 +366,7 @@ def final_test(config, workdir, ckpt, eval_fn, par, state, class_names) -> dict:
   if jax.process_index() != 0:
     parallel.sync("final_test written")
     return test_metrics
-  logging.info("test (step %d, %s): %s", best, kept_by(config), _fmt(test_metrics))
+  logging.info("test (step %d, %s): %s", best, kept_by(config, workdir), _fmt(test_metrics))
   files.atomic_json(os.path.join(workdir, "test_metrics.json"), test_metrics)
   report.MetricWriter(workdir).write(best, {f"test_{k}": v for k, v in test_metrics.items()})
   log = report.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
@@ -347,13 +390,20 @@ def write_report(config, workdir, test_metrics) -> None:
   files.atomic_write(os.path.join(workdir, "report.md"), (
       f"# {config.data.name}: {config.model.name}"
       f"{' + segmentation head' if config.model.seg_head else ''}, {config.image_size} px\n\n"
-      f"Test split, {kept_by(config)}:\n\n{table}\n"
+      f"Test split, {kept_by(config, workdir)}:\n\n{table}\n"
       "![training curves](training_curves.png)\n\n![test predictions](test_predictions.png)\n"))
 
 
-def kept_by(config) -> str:
-  """Which checkpoint a run keeps: the best by ``config.best_metric``, or the last one."""
-  return f"best checkpoint by `{config.best_metric}`" if config.best_metric else "last checkpoint"
+def kept_by(config, workdir: str = "") -> str:
+  """Which checkpoint a run keeps: the best by ``config.best_metric``, or the last one (of
+  those saved before the overfitting check stopped it, if it did)."""
+  kept = f"best checkpoint by `{config.best_metric}`" if config.best_metric else "last checkpoint"
+  stop = read_stop(workdir) if workdir else None
+  if stop:
+    kept += (f" saved before catastrophic overfitting stopped training at step {stop['step']} "
+             f"(PGD accuracy {stop['val_pgd_accuracy']:.3f} from "
+             f"{stop['best_val_pgd_accuracy']:.3f})")
+  return kept
 
 
 def _fmt(m: dict) -> str:

@@ -249,3 +249,40 @@ def test_iterative_ramp_follows_the_epochs_given_on_the_command_line():
   c = adversarial_configs.get_config("iterative,cpu")
   c.num_epochs = 20
   assert c.adv.ramp_epochs == 5
+
+
+def _collapse_at(monkeypatch, collapse_epoch):
+  """The overfitting check sees PGD accuracy 0.9 until ``collapse_epoch``, then 0.0 (clean
+  0.9, both classes predicted): a collapse by the monitor's own rule."""
+  real = trainer.OverfittingMonitor.update
+
+  def update(self, clean, robust, epoch, classes=2):
+    return real(self, 0.9, 0.0 if epoch >= collapse_epoch else 0.9, epoch, 2)
+
+  monkeypatch.setattr(trainer.OverfittingMonitor, "update", update)
+
+
+def test_a_stopped_run_keeps_the_checkpoint_from_before_the_collapse(tmp_path, monkeypatch):
+  """robust_saliency_last's PGD-AT run seed 3 fold 2 (keep the last checkpoint) stopped at
+  epoch 6 for catastrophic overfitting and then kept the collapsed epoch-6 weights (PGD
+  accuracy 0.23) as its last checkpoint. The collapsed weights are no longer saved; the
+  stop is recorded, survives a restart (the check's memory travels in the checkpoint), a
+  re-run does not train past it, and overfit_stop=False trains on."""
+  c = _config("pgd", check_images=16, check_steps=2)
+  c.best_metric = ""                         # keep the last checkpoint
+  workdir = str(tmp_path)                    # 4 steps per epoch, 3 epochs
+  _collapse_at(monkeypatch, collapse_epoch=2)
+  trainer.train_and_evaluate(c, workdir, stop_after_step=4)   # killed after epoch 1
+  metrics = trainer.train_and_evaluate(c, workdir)             # resumed: epoch 2 collapses
+  stop = trainer.read_stop(workdir)
+  assert stop["step"] == 8 and stop["kept_step"] == 4 and stop["best_val_pgd_accuracy"] == 0.9
+  assert metrics["best_step"] == 4
+  assert checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints")).all_steps() == [4]
+  assert "before catastrophic overfitting stopped training at step 8" in open(
+      os.path.join(workdir, "report.md")).read()
+  log = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert trainer.train_and_evaluate(c, workdir) == metrics     # nothing trained again
+  assert [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))][:len(log)] == log
+  assert max(json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))) == 8
+  c.adv.overfit_stop, c.existing_run = False, "continue"
+  assert trainer.train_and_evaluate(c, workdir)["best_step"] == 12   # trains on to the end

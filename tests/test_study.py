@@ -14,7 +14,7 @@ from scipy import stats
 from configs.studies import (busi_gradcam, busi_gradcam_map_attacks, common, oncology_autoattack,
                              oncology_robustness, robust_gradcam, robust_saliency,
                              robust_saliency_ham10000, robust_saliency_last)
-from lib import report, study
+from lib import report, study, trainer
 
 
 def test_corrected_t_matches_the_formula_and_is_wider_than_the_naive_interval():
@@ -330,6 +330,14 @@ def test_a_study_runs_end_to_end_and_resumes(study_run):
     assert r["best_metric"] == "val_auc" and 0 < r["best_step"] <= r["last_step"]
     assert r["val_auc"] == logged[-1]["val_auc"] == max(
         e["val_auc"] for e in report.read_jsonl(os.path.join(rd, "metrics.jsonl")) if "val_auc" in e)
+  # A run the overfitting check stopped says where (its kept checkpoint is from before).
+  stopped = os.path.join(study.run_dir(s, str(tmp / "runs"), "plain", 0, 1), trainer.STOPPED)
+  with open(stopped, "w") as f:
+    json.dump({"step": 99, "kept_step": kept["plain", 1]["best_step"]}, f)
+  rows = {(r["model"], r["fold"]): r for r in study.checkpoint_selection(s, str(tmp / "runs"), str(res))}
+  assert rows["plain", 1]["stopped_at"] == 99 and "stopped_at" not in rows["plain", 0]
+  assert "stopped_at" in open(res / "checkpoints.csv").readline()
+  os.remove(stopped)
   readme = (res / "README.md").read_text()
   assert "checkpoints.md" in readme
   assert "Did it hold?" in readme and s.command in readme and "1 of 1 repetitions" in readme

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from lib import files, report
+from lib import files, report, trainer
 from lib.study.config import all_runs, eval_dir, run_dir
 
 
@@ -122,7 +122,8 @@ def wall_times(study, workdir: str, results_dir: str) -> dict:
 def checkpoint_selection(study, workdir: str, results_dir: str) -> list[dict]:
   """``checkpoints.csv`` / ``.md``: the checkpoint each run kept (``best_step`` of its
   ``last_step``, selected by the train config's ``best_metric`` on the validation part of
-  its training folds) and that checkpoint's validation metrics, e.g. ``val_pgd_accuracy``
+  its training folds, among those saved before the overfitting check stopped it at
+  ``stopped_at`` if it did) and that checkpoint's validation metrics, e.g. ``val_pgd_accuracy``
   of an adversarially trained model: was the model a study evaluates robust at all?
 
   Like the wall time, the rows of runs whose work dir is gone are kept from the committed
@@ -134,7 +135,7 @@ def checkpoint_selection(study, workdir: str, results_dir: str) -> list[dict]:
       for r in csv.DictReader(f):
         rows[r["model"], int(r["seed"]), int(r["fold"])] = {
             k: v if k in ("model", "best_metric") else
-            int(v) if k in ("seed", "fold", "best_step", "last_step") else float(v)
+            int(v) if k in ("seed", "fold", "best_step", "last_step", "stopped_at") else float(v)
             for k, v in r.items() if v != ""}
   for m, seed, fold in all_runs(study):
     rd = run_dir(study, workdir, m.name, seed, fold)
@@ -149,9 +150,11 @@ def checkpoint_selection(study, workdir: str, results_dir: str) -> list[dict]:
     for r in log:
       if r["step"] == best and any(k.startswith("val_") for k in r):
         val = {k: v for k, v in r.items() if k.startswith("val_") and k != "val_n"}
+    stop = trainer.read_stop(rd)   # the overfitting check stopped it: kept from before
     rows[m.name, seed, fold] = {
         "model": m.name, "seed": seed, "fold": fold, "best_metric": best_metric,
-        "best_step": best, "last_step": max((int(r["step"]) for r in log), default=best), **val}
+        "best_step": best, "last_step": max((int(r["step"]) for r in log), default=best),
+        **({"stopped_at": stop["step"]} if stop else {}), **val}
   order = {m.name: i for i, m in enumerate(study.models)}
   out = [rows[k] for k in sorted(rows, key=lambda k: (order.get(k[0], len(order)), k[1], k[2]))]
   report.write_table(out, os.path.join(results_dir, "checkpoints"))
