@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import os
 import time
@@ -170,10 +169,7 @@ def read_stop(workdir: str) -> Optional[dict]:
   (``<workdir>/stopped.json``: the step it stopped at, the checkpoint kept from before, the
   PGD accuracies), or None."""
   path = os.path.join(workdir, STOPPED)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
+  return files.read_json(path) if os.path.exists(path) else None
 
 
 def train_and_evaluate(config, workdir: str, *, stop_after_step: Optional[int] = None) -> dict:
@@ -278,7 +274,7 @@ def _train(config, workdir: str, stop_after_step: Optional[int], train: dict, va
                  os.path.join(workdir, STOPPED), stopped["kept_step"])
   if adversarial_training:
     robust_fn, monitor = robust_accuracy_fn(eval_model, adv), OverfittingMonitor(adv)
-    monitor.best = float((saved_meta or {}).get("overfit_best", -1.0))
+    monitor.best = float((saved_meta or {}).get("overfit_best", -1.0))   # restored with the weights
     check_x = data.to_model_input(val["image"][:adv.check_images], config.model.in_channels)
     check_y = val["label"][:adv.check_images]
     logging.info("Adversarial training: %s at eps %g (%s BatchNorm while attacking).",
